@@ -1,0 +1,30 @@
+# Paired pre/post-treatment PBMC single-cell RNA-seq workflow.
+# Run: snakemake --cores N   (see README.md; config in config/config.yaml)
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/qc.smk"
+include: "workflow/rules/cluster.smk"
+
+
+rule all:
+    input:
+        "results/qc/cells.tsv.gz",
+        "results/qc/summary.tsv",
+        "results/figures/qc/summary.png",
+        "results/clustering/clusters.tsv.gz",
+        "results/clustering/markers.tsv",
+        "results/merged/clustered.h5ad",
+        "results/figures/clustering/umap_sample.png",
+        "results/figures/clustering/marker_dotplot.png",
+    default_target: True

@@ -1,0 +1,174 @@
+# Merged stage: concatenate, normalize, HVG, PCA, (Harmony), neighbours, UMAP, Leiden, markers.
+# Each step writes only what it adds, so a failed or killed step reruns alone.
+
+
+rule merge_samples:
+    input:
+        h5ads=expand("results/qc/{sample}.h5ad", sample=SAMPLES),
+    output:
+        h5ad="results/merged/merged.h5ad",
+    params:
+        samples=SAMPLES,
+        sample_meta=SAMPLE_META,
+        meta_columns=META_COLUMNS,
+        min_cells_per_gene=config["merge"]["min_cells_per_gene"],
+        target_sum=config["normalize"]["target_sum"],
+    log:
+        "logs/merge_samples.log",
+    benchmark:
+        "benchmarks/merge_samples.tsv"
+    threads: 1
+    resources:
+        mem_mb=scaled(2000, per_input_mb=4),
+        runtime=runtime_min(10, per_input_mb=0.02),
+    conda:
+        ENV
+    script:
+        "../scripts/merge_samples.py"
+
+
+rule embed_cells:
+    input:
+        h5ad="results/merged/merged.h5ad",
+    output:
+        h5ad="results/merged/embedding.h5ad",
+    params:
+        hvg=config["hvg"],
+        n_comps=config["pca"]["n_comps"],
+        integration=config["integration"],
+        neighbors=config["neighbors"],
+        umap_min_dist=config["umap"]["min_dist"],
+        seed=config["seed"],
+    log:
+        "logs/embed_cells.log",
+    benchmark:
+        "benchmarks/embed_cells.tsv"
+    threads: 2
+    resources:
+        mem_mb=scaled(2000, per_input_mb=2.5),
+        runtime=runtime_min(15, per_input_mb=0.02),
+    conda:
+        ENV
+    script:
+        "../scripts/embed_cells.py"
+
+
+rule cluster_cells:
+    input:
+        h5ad="results/merged/embedding.h5ad",
+    output:
+        clusters="results/clustering/clusters.tsv.gz",
+    params:
+        resolutions=config["clustering"]["resolutions"],
+        n_iterations=config["clustering"]["n_iterations"],
+        seed=config["seed"],
+    log:
+        "logs/cluster_cells.log",
+    benchmark:
+        "benchmarks/cluster_cells.tsv"
+    threads: 1
+    resources:
+        mem_mb=scaled(1500, per_input_mb=3),
+        runtime=runtime_min(10, per_input_mb=0.05),
+    conda:
+        ENV
+    script:
+        "../scripts/cluster_cells.py"
+
+
+rule assemble_clustered:
+    input:
+        merged="results/merged/merged.h5ad",
+        embedding="results/merged/embedding.h5ad",
+        clusters="results/clustering/clusters.tsv.gz",
+    output:
+        h5ad="results/merged/clustered.h5ad",
+    log:
+        "logs/assemble_clustered.log",
+    benchmark:
+        "benchmarks/assemble_clustered.tsv"
+    threads: 1
+    resources:
+        mem_mb=scaled(1500, per_input_mb=2),
+        runtime=runtime_min(10, per_input_mb=0.01),
+    conda:
+        ENV
+    script:
+        "../scripts/assemble_clustered.py"
+
+
+rule find_cluster_markers:
+    input:
+        h5ad="results/merged/clustered.h5ad",
+    output:
+        markers=report(
+            "results/clustering/markers.tsv",
+            caption="../report/markers_table.rst",
+            category="2. Clustering",
+            labels={"table": "cluster markers"},
+        ),
+        png=report(
+            "results/figures/clustering/marker_dotplot.png",
+            caption="../report/marker_dotplot.rst",
+            category="2. Clustering",
+            labels={"figure": "marker dot plot"},
+        ),
+        pdf="results/figures/clustering/marker_dotplot.pdf",
+    params:
+        resolution=RESOLUTION,
+        max_cells_per_cluster=config["markers"]["max_cells_per_cluster"],
+        n_genes=config["markers"]["n_genes"],
+        dotplot_genes=config["markers"]["dotplot_genes"],
+        seed=config["seed"],
+    log:
+        "logs/find_cluster_markers.log",
+    benchmark:
+        "benchmarks/find_cluster_markers.tsv"
+    threads: 1
+    resources:
+        mem_mb=scaled(1500, per_input_mb=1.5),
+        runtime=runtime_min(15, per_input_mb=0.02),
+    conda:
+        ENV
+    script:
+        "../scripts/find_cluster_markers.py"
+
+
+rule plot_umaps:
+    input:
+        h5ad="results/merged/clustered.h5ad",
+    output:
+        sample_png=report(
+            "results/figures/clustering/umap_sample.png",
+            caption="../report/umap_sample.rst",
+            category="2. Clustering",
+            labels={"figure": "UMAP by sample"},
+        ),
+        sample_pdf="results/figures/clustering/umap_sample.pdf",
+        condition_png=report(
+            "results/figures/clustering/umap_condition.png",
+            caption="../report/umap_condition.rst",
+            category="2. Clustering",
+            labels={"figure": "UMAP by condition"},
+        ),
+        condition_pdf="results/figures/clustering/umap_condition.pdf",
+        cluster_png=report(
+            "results/figures/clustering/umap_clusters.png",
+            caption="../report/umap_clusters.rst",
+            category="2. Clustering",
+            labels={"figure": "UMAP by cluster"},
+        ),
+        cluster_pdf="results/figures/clustering/umap_clusters.pdf",
+    params:
+        contrast_column=CONTRAST.column,
+        resolution=RESOLUTION,
+    log:
+        "logs/plot_umaps.log",
+    threads: 1
+    resources:
+        mem_mb=scaled(1000, per_input_mb=0.5),
+        runtime=runtime_min(10),
+    conda:
+        ENV
+    script:
+        "../scripts/plot_umaps.py"

@@ -1,0 +1,93 @@
+# Shared set-up: config and sample-sheet validation (before any job runs), sample lookups,
+# resource functions and the environment every job inherits.
+
+import os
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+PROJECT_DIR = Path(workflow.basedir)
+sys.path.insert(0, str(PROJECT_DIR / "workflow" / "scripts"))
+
+from pbmc_prepost import InputError, io as count_io  # noqa: E402
+from pbmc_prepost.configuration import validate_config  # noqa: E402
+from pbmc_prepost.samplesheet import Contrast, format_warnings, load_sample_sheet  # noqa: E402
+
+# numba compiles scanpy/pynndescent/UMAP kernels on first use in every new process; a persistent
+# project-local cache lets each Snakemake job reuse what an earlier job compiled.
+os.environ.setdefault("NUMBA_CACHE_DIR", str(PROJECT_DIR / ".cache" / "numba"))
+os.environ.setdefault("MPLCONFIGDIR", str(PROJECT_DIR / ".cache" / "matplotlib"))
+
+ENV = "../../envs/analysis.yaml"
+
+try:
+    config.update(validate_config(config, PROJECT_DIR / "workflow" / "schemas" / "config.schema.yaml"))
+    CONTRAST = Contrast(**config["contrast"])
+    SHEET = load_sample_sheet(config["samples"], CONTRAST, config["extra_sample_columns"])
+except InputError as error:
+    raise WorkflowError(str(error)) from None
+
+for message in SHEET.warnings:
+    logger.warning(f"WARNING {message}")
+
+SAMPLES = list(SHEET.samples.index)
+# Sheet columns carried into obs and tables, in this order.
+META_COLUMNS = list(dict.fromkeys(
+    [c for c in (CONTRAST.pair_by, CONTRAST.column, "batch") if c in SHEET.samples.columns]
+    + list(config["extra_sample_columns"])
+))
+SAMPLE_META = SHEET.samples.reset_index()[["sample", *META_COLUMNS]].to_dict(orient="list")
+RESOLUTION = config["clustering"]["default_resolution"]
+
+wildcard_constraints:
+    sample="|".join(SAMPLES),
+
+
+def sample_row(wildcards):
+    return SHEET.samples.loc[wildcards.sample]
+
+
+def sample_input_files(wildcards):
+    """Every file a sample's counts are read from, so that changing any of them reruns its QC."""
+    row = sample_row(wildcards)
+    if row["format"] == "10x_mtx":
+        files = count_io.locate_mtx(row["resolved_path"])
+        return [str(files.matrix), str(files.features), str(files.barcodes)]
+    return [row["resolved_path"]]
+
+
+def qc_settings(wildcards):
+    """QC thresholds of one sample: the qc/doublets config plus that sample's overrides."""
+    overrides = config["qc"]["sample_overrides"].get(wildcards.sample, {})
+    qc_keys = {k: v for k, v in config["qc"].items() if k != "sample_overrides"}
+    doublets = config["doublets"]
+    return {
+        **qc_keys,
+        **overrides,
+        "remove_doublets": doublets["remove"],
+        "expected_doublet_rate": doublets["expected_doublet_rate"],
+        "sim_doublet_ratio": doublets["sim_doublet_ratio"],
+        "n_prin_comps": doublets["n_prin_comps"],
+        "min_cells_for_doublets": doublets["min_cells"],
+        "seed": config["seed"],
+    }
+
+
+def scaled(base_mb, per_input_mb=0.0, per_attempt=0.5):
+    """Memory (MB) from the input size, escalated by attempt and scaled by config resources.scale."""
+
+    def mem_mb(wildcards, input, attempt):
+        grow = 1.0 + per_attempt * (attempt - 1)
+        return int(config["resources"]["scale"] * grow * (base_mb + per_input_mb * input.size_mb))
+
+    return mem_mb
+
+
+def runtime_min(base_min, per_input_mb=0.0):
+    """Runtime (minutes) from the input size, doubled on every retry."""
+
+    def runtime(wildcards, input, attempt):
+        return int(config["resources"]["scale"] * attempt * (base_min + per_input_mb * input.size_mb))
+
+    return runtime

@@ -1,0 +1,72 @@
+# Per-sample stage: load, QC metrics, MAD thresholds, Scrublet doublets, filtered object.
+
+
+rule qc_sample:
+    input:
+        counts=sample_input_files,
+    output:
+        h5ad="results/qc/{sample}.h5ad",
+        cells="results/qc/{sample}.cells.tsv.gz",
+        summary="results/qc/{sample}.summary.tsv",
+        png=report(
+            "results/figures/qc/{sample}.png",
+            caption="../report/qc_sample.rst",
+            category="1. Quality control",
+            subcategory="Per sample",
+            labels={"sample": "{sample}", "figure": "QC metrics"},
+        ),
+        pdf="results/figures/qc/{sample}.pdf",
+    params:
+        path=lambda wc: sample_row(wc)["resolved_path"],
+        format=lambda wc: sample_row(wc)["format"],
+        counts_layer=lambda wc: sample_row(wc)["counts_layer"],
+        settings=qc_settings,
+    log:
+        "logs/qc_sample/{sample}.log",
+    benchmark:
+        "benchmarks/qc_sample/{sample}.tsv"
+    threads: 1
+    resources:
+        mem_mb=scaled(1500, per_input_mb=40),
+        runtime=runtime_min(10, per_input_mb=0.2),
+    conda:
+        ENV
+    script:
+        "../scripts/qc_sample.py"
+
+
+rule aggregate_qc:
+    input:
+        cells=expand("results/qc/{sample}.cells.tsv.gz", sample=SAMPLES),
+        summaries=expand("results/qc/{sample}.summary.tsv", sample=SAMPLES),
+    output:
+        cells="results/qc/cells.tsv.gz",
+        summary=report(
+            "results/qc/summary.tsv",
+            caption="../report/qc_summary_table.rst",
+            category="1. Quality control",
+            subcategory="Cohort",
+            labels={"table": "QC summary"},
+        ),
+        png=report(
+            "results/figures/qc/summary.png",
+            caption="../report/qc_summary.rst",
+            category="1. Quality control",
+            subcategory="Cohort",
+            labels={"figure": "cells kept and removed"},
+        ),
+        pdf="results/figures/qc/summary.pdf",
+    params:
+        sample_meta=SAMPLE_META,
+        meta_columns=META_COLUMNS,
+        contrast_column=CONTRAST.column,
+    log:
+        "logs/aggregate_qc.log",
+    threads: 1
+    resources:
+        mem_mb=scaled(1000, per_input_mb=20),
+        runtime=runtime_min(10),
+    conda:
+        ENV
+    script:
+        "../scripts/aggregate_qc.py"

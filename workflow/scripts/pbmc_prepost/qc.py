@@ -1,0 +1,241 @@
+"""Per-sample cell QC: metrics, MAD thresholds, doublet calls and the per-barcode QC table.
+
+Thresholds follow the single-cell best-practices book (Heumos et al. 2023) and Germain et al.
+2020: per sample, a cell is an outlier when log1p(total counts), log1p(genes) or the share of the
+top-20 genes lies more than ``nmads`` median absolute deviations (unscaled MAD, as in the book)
+from the sample's median, or when its mitochondrial percentage lies more than ``nmads_mt`` MADs
+above the median or above an absolute ceiling. Doublets are called per sample with scanpy's
+Scrublet (Wolock et al. 2019) on the cells that pass the metric filters.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, fields
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scanpy as sc
+
+log = logging.getLogger(__name__)
+
+# Order in which failure reasons are listed in `fail_reason`.
+FAIL_REASONS = ["low_counts", "high_counts", "low_genes", "high_genes", "top20_outlier",
+                "high_pct_mt", "doublet"]
+# gzip without a timestamp: the same table gives the same bytes.
+GZIP = {"method": "gzip", "mtime": 0}
+CELL_TABLE_COLUMNS = ["sample", "barcode", "total_counts", "n_genes", "pct_mt", "pct_ribo", "pct_hb",
+                      "pct_top20", "doublet_score", "predicted_doublet", "qc_pass", "fail_reason"]
+
+
+@dataclass
+class QCSettings:
+    """Thresholds of the per-sample QC (config section ``qc`` plus ``doublets``)."""
+
+    mito_pattern: str = "^MT-"
+    ribo_pattern: str = "^RP[SL]"
+    hb_pattern: str = "^HB(?:A1|A2|B|D|E1|G1|G2|M|Q1|Z)$"
+    nmads_counts: float = 5.0
+    nmads_genes: float = 5.0
+    nmads_top20: float = 5.0
+    nmads_mt: float = 3.0
+    max_pct_mt: float = 8.0
+    min_counts: int = 500
+    min_genes: int = 200
+    remove_doublets: bool = True
+    expected_doublet_rate: float = 0.05
+    sim_doublet_ratio: float = 2.0
+    n_prin_comps: int = 30
+    min_cells_for_doublets: int = 100
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, qc: dict, doublets: dict, seed: int, overrides: dict | None = None) -> "QCSettings":
+        """Build settings from the config sections; ``overrides`` are this sample's own values."""
+        values = {**qc, **(overrides or {})}
+        names = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in values.items() if k in names}
+        kwargs.update(
+            remove_doublets=doublets.get("remove", True),
+            expected_doublet_rate=doublets.get("expected_doublet_rate", 0.05),
+            sim_doublet_ratio=doublets.get("sim_doublet_ratio", 2.0),
+            n_prin_comps=doublets.get("n_prin_comps", 30),
+            min_cells_for_doublets=doublets.get("min_cells", 100),
+            seed=seed,
+        )
+        return cls(**kwargs)
+
+
+def mad_bounds(values: np.ndarray, nmads: float) -> tuple[float, float]:
+    """Median -/+ ``nmads`` unscaled median absolute deviations.
+
+    Parameters
+    ----------
+    values
+        One QC metric of every cell of one sample.
+    nmads
+        How many MADs from the median a cell may lie.
+
+    Returns
+    -------
+    tuple of float
+        (lower, upper) bounds; a cell outside them is an outlier.
+    """
+    values = np.asarray(values, dtype=float)
+    median = float(np.median(values))
+    mad = float(np.median(np.abs(values - median)))
+    return median - nmads * mad, median + nmads * mad
+
+
+def add_qc_metrics(adata: ad.AnnData, settings: QCSettings) -> None:
+    """Add scanpy QC metrics (mito, ribo, hb, top-20 share) to ``obs`` in place."""
+    names = adata.var_names.to_series()
+    adata.var["mt"] = names.str.contains(settings.mito_pattern, regex=True).to_numpy()
+    adata.var["ribo"] = names.str.contains(settings.ribo_pattern, regex=True).to_numpy()
+    adata.var["hb"] = names.str.contains(settings.hb_pattern, regex=True).to_numpy()
+    if not adata.var["mt"].any():
+        log.warning("no gene matches the mitochondrial pattern %r: pct_mt is 0 for every cell",
+                    settings.mito_pattern)
+    sc.pp.calculate_qc_metrics(adata, qc_vars=["mt", "ribo", "hb"], percent_top=[20], log1p=True,
+                               inplace=True)
+
+
+def metric_thresholds(obs: pd.DataFrame, settings: QCSettings) -> dict[str, float]:
+    """Per-sample thresholds, in natural units, combining MAD bounds and absolute limits."""
+    lo_counts, hi_counts = mad_bounds(obs["log1p_total_counts"], settings.nmads_counts)
+    lo_genes, hi_genes = mad_bounds(obs["log1p_n_genes_by_counts"], settings.nmads_genes)
+    lo_top, hi_top = mad_bounds(obs["pct_counts_in_top_20_genes"], settings.nmads_top20)
+    _, hi_mt = mad_bounds(obs["pct_counts_mt"], settings.nmads_mt)
+    return {
+        "min_total_counts": max(float(np.expm1(lo_counts)), float(settings.min_counts)),
+        "max_total_counts": float(np.expm1(hi_counts)),
+        "min_n_genes": max(float(np.expm1(lo_genes)), float(settings.min_genes)),
+        "max_n_genes": float(np.expm1(hi_genes)),
+        "min_pct_top20": lo_top,
+        "max_pct_top20": hi_top,
+        "max_pct_mt": min(hi_mt, settings.max_pct_mt),
+    }
+
+
+def metric_failures(obs: pd.DataFrame, thresholds: dict[str, float]) -> pd.DataFrame:
+    """Boolean frame, one column per metric filter, True where the cell fails it."""
+    total, genes = obs["total_counts"], obs["n_genes_by_counts"]
+    top = obs["pct_counts_in_top_20_genes"]
+    return pd.DataFrame({
+        "low_counts": total < thresholds["min_total_counts"],
+        "high_counts": total > thresholds["max_total_counts"],
+        "low_genes": genes < thresholds["min_n_genes"],
+        "high_genes": genes > thresholds["max_n_genes"],
+        "top20_outlier": (top < thresholds["min_pct_top20"]) | (top > thresholds["max_pct_top20"]),
+        "high_pct_mt": obs["pct_counts_mt"] > thresholds["max_pct_mt"],
+    }, index=obs.index)
+
+
+def call_doublets(adata: ad.AnnData, settings: QCSettings) -> tuple[pd.Series, pd.Series, float | None]:
+    """Scrublet doublet scores and calls for the cells of one sample.
+
+    Returns scores, calls (both indexed like ``adata.obs``) and the score threshold used. Samples
+    with fewer than ``min_cells_for_doublets`` cells get NaN scores and no calls (logged).
+    """
+    scores = pd.Series(np.nan, index=adata.obs_names, dtype=float)
+    calls = pd.Series(False, index=adata.obs_names, dtype=bool)
+    if adata.n_obs < settings.min_cells_for_doublets:
+        log.warning("only %d cells passed the metric filters (< %d): doublet detection skipped",
+                    adata.n_obs, settings.min_cells_for_doublets)
+        return scores, calls, None
+    work = ad.AnnData(X=adata.X.copy(), obs=pd.DataFrame(index=adata.obs_names), var=pd.DataFrame(index=adata.var_names))
+    n_comps = int(min(settings.n_prin_comps, work.n_obs - 1, work.n_vars - 1))
+    sc.pp.scrublet(work, expected_doublet_rate=settings.expected_doublet_rate,
+                   sim_doublet_ratio=settings.sim_doublet_ratio, n_prin_comps=n_comps,
+                   random_state=settings.seed, verbose=False)
+    scores[:] = work.obs["doublet_score"].to_numpy()
+    threshold = work.uns["scrublet"].get("threshold")
+    predicted = work.obs["predicted_doublet"]
+    calls[:] = predicted.fillna(False).to_numpy().astype(bool)
+    return scores, calls, (float(threshold) if threshold is not None else None)
+
+
+@dataclass
+class SampleQC:
+    """Result of :func:`run_sample_qc`."""
+
+    filtered: ad.AnnData
+    cells: pd.DataFrame
+    summary: dict
+    obs: pd.DataFrame  # every barcode's metrics, for plotting
+
+
+def run_sample_qc(adata: ad.AnnData, sample: str, settings: QCSettings) -> SampleQC:
+    """QC one sample: metrics, MAD thresholds, doublets, filtering.
+
+    Parameters
+    ----------
+    adata
+        Raw counts of every barcode of the sample (barcodes as ``obs_names``).
+    sample
+        Sample id, written to every row of the tables.
+    settings
+        Thresholds (already merged with this sample's overrides).
+
+    Returns
+    -------
+    SampleQC
+        ``filtered``: passing cells with raw counts in ``X``; ``cells``: one row per input barcode
+        (columns :data:`CELL_TABLE_COLUMNS`); ``summary``: cells in/out, cells failing each filter
+        and the thresholds used.
+    """
+    adata = adata.copy()
+    add_qc_metrics(adata, settings)
+    obs = adata.obs
+    thresholds = metric_thresholds(obs, settings)
+    failures = metric_failures(obs, thresholds)
+    metric_pass = ~failures.any(axis=1)
+    passing = adata[metric_pass.to_numpy()]
+    scores, calls, doublet_threshold = call_doublets(passing, settings)
+    obs["doublet_score"] = scores.reindex(obs.index)
+    obs["predicted_doublet"] = calls.reindex(obs.index, fill_value=False).astype(bool)
+    failures["doublet"] = obs["predicted_doublet"] & settings.remove_doublets
+    qc_pass = ~failures.any(axis=1)
+    reasons = failures[FAIL_REASONS]
+    fail_reason = reasons.apply(lambda row: ";".join(r for r, failed in row.items() if failed), axis=1) \
+        if len(reasons) else pd.Series([], dtype=str)
+
+    cells = pd.DataFrame({
+        "sample": sample,
+        "barcode": obs.index.astype(str),
+        "total_counts": obs["total_counts"].round().astype(np.int64).to_numpy(),
+        "n_genes": obs["n_genes_by_counts"].astype(np.int64).to_numpy(),
+        "pct_mt": obs["pct_counts_mt"].round(4).to_numpy(),
+        "pct_ribo": obs["pct_counts_ribo"].round(4).to_numpy(),
+        "pct_hb": obs["pct_counts_hb"].round(4).to_numpy(),
+        "pct_top20": obs["pct_counts_in_top_20_genes"].round(4).to_numpy(),
+        "doublet_score": obs["doublet_score"].round(6).to_numpy(),
+        "predicted_doublet": obs["predicted_doublet"].to_numpy(),
+        "qc_pass": qc_pass.to_numpy(),
+        "fail_reason": fail_reason.to_numpy(),
+    })
+    summary = {"sample": sample, "cells_in": int(adata.n_obs)}
+    for reason in FAIL_REASONS:
+        summary[f"failed_{reason}"] = int(failures[reason].sum())
+    summary["cells_out"] = int(qc_pass.sum())
+    summary["pct_removed"] = round(100.0 * (1 - qc_pass.mean()), 2) if adata.n_obs else 0.0
+    summary.update({k: round(v, 4) for k, v in thresholds.items()})
+    summary["doublet_score_threshold"] = round(doublet_threshold, 4) if doublet_threshold is not None else np.nan
+    summary["expected_doublet_rate"] = settings.expected_doublet_rate
+    log.info("%s: %d barcodes in, %d pass (%s)", sample, adata.n_obs, summary["cells_out"],
+             ", ".join(f"{r}={summary[f'failed_{r}']}" for r in FAIL_REASONS))
+
+    filtered = adata[qc_pass.to_numpy()].copy()
+    filtered.obs["barcode"] = filtered.obs_names.astype(str)
+    filtered.obs_names = [f"{sample}:{bc}" for bc in filtered.obs_names]
+    keep_obs = ["barcode", "total_counts", "n_genes_by_counts", "pct_counts_mt", "pct_counts_ribo",
+                "pct_counts_hb", "pct_counts_in_top_20_genes", "doublet_score"]
+    filtered.obs = filtered.obs[keep_obs].rename(columns={"n_genes_by_counts": "n_genes"})
+    filtered.var = filtered.var[[c for c in ("gene_ids", "mt", "ribo", "hb") if c in filtered.var]]
+    return SampleQC(filtered=filtered, cells=cells, summary=summary, obs=obs)
+
+
+def settings_table(settings: QCSettings) -> dict:
+    """Settings as a flat dict (for logs and provenance)."""
+    return asdict(settings)
