@@ -66,6 +66,7 @@ def qc_settings(wildcards):
         **qc_keys,
         **overrides,
         "remove_doublets": doublets["remove"],
+        "doublet_call": doublets["call"],
         "expected_doublet_rate": doublets["expected_doublet_rate"],
         "sim_doublet_ratio": doublets["sim_doublet_ratio"],
         "n_prin_comps": doublets["n_prin_comps"],

@@ -44,6 +44,7 @@ class QCSettings:
     min_counts: int = 500
     min_genes: int = 200
     remove_doublets: bool = True
+    doublet_call: str = "expected_rate"
     expected_doublet_rate: float = 0.05
     sim_doublet_ratio: float = 2.0
     n_prin_comps: int = 30
@@ -58,6 +59,7 @@ class QCSettings:
         kwargs = {k: v for k, v in values.items() if k in names}
         kwargs.update(
             remove_doublets=doublets.get("remove", True),
+            doublet_call=doublets.get("call", "expected_rate"),
             expected_doublet_rate=doublets.get("expected_doublet_rate", 0.05),
             sim_doublet_ratio=doublets.get("sim_doublet_ratio", 2.0),
             n_prin_comps=doublets.get("n_prin_comps", 30),
@@ -135,6 +137,12 @@ def metric_failures(obs: pd.DataFrame, thresholds: dict[str, float]) -> pd.DataF
 def call_doublets(adata: ad.AnnData, settings: QCSettings) -> tuple[pd.Series, pd.Series, float | None]:
     """Scrublet doublet scores and calls for the cells of one sample.
 
+    Scrublet ranks cells well, but its automatic threshold (the minimum of the simulated doublets'
+    bimodal score histogram) is unstable on channels of a few thousand cells. With
+    ``doublet_call="expected_rate"`` (default) the cells with the highest scores are called, as
+    many as ``expected_doublet_rate`` predicts, as DoubletFinder and scDblFinder do; with
+    ``"scrublet"`` Scrublet's own threshold is used.
+
     Returns scores, calls (both indexed like ``adata.obs``) and the score threshold used. Samples
     with fewer than ``min_cells_for_doublets`` cells get NaN scores and no calls (logged).
     """
@@ -149,10 +157,21 @@ def call_doublets(adata: ad.AnnData, settings: QCSettings) -> tuple[pd.Series, p
     sc.pp.scrublet(work, expected_doublet_rate=settings.expected_doublet_rate,
                    sim_doublet_ratio=settings.sim_doublet_ratio, n_prin_comps=n_comps,
                    random_state=settings.seed, verbose=False)
-    scores[:] = work.obs["doublet_score"].to_numpy()
-    threshold = work.uns["scrublet"].get("threshold")
-    predicted = work.obs["predicted_doublet"]
-    calls[:] = predicted.fillna(False).to_numpy().astype(bool)
+    values = work.obs["doublet_score"].to_numpy()
+    scores[:] = values
+    if settings.doublet_call == "expected_rate":
+        n_expected = int(round(settings.expected_doublet_rate * len(values)))
+        # Exactly n_expected cells; ties in score broken by position (stable sort), not at random.
+        top = np.argsort(-values, kind="stable")[:n_expected]
+        called = np.zeros(len(values), dtype=bool)
+        called[top] = True
+        calls[:] = called
+        threshold = float(values[top].min()) if n_expected > 0 else np.inf
+    else:
+        threshold = work.uns["scrublet"].get("threshold")
+        calls[:] = work.obs["predicted_doublet"].fillna(False).to_numpy().astype(bool)
+    log.info("doublets (%s): %d of %d cells called, score threshold %s", settings.doublet_call,
+             int(calls.sum()), len(values), threshold)
     return scores, calls, (float(threshold) if threshold is not None else None)
 
 

@@ -263,6 +263,9 @@ def _build_profiles(genes: pd.DataFrame, params: SimulationParams, rng: np.rando
     ln2 = np.log(2.0)
 
     fill_idx = np.flatnonzero(~is_mito & ~is_ribo & ~np.isin(symbols, list(marker_genes)))
+    # Program genes come from the moderately expressed majority: in PBMC the most abundant
+    # transcripts are ribosomal and housekeeping, and a lymphocyte's top-20 share stays modest.
+    fill_idx = fill_idx[base[fill_idx] < np.quantile(base[fill_idx], 0.75)]
     hidden = {}
     for program in list(LINEAGE_MARKERS) + subsets + [f"own:{s}" for s in subsets if not SUBSET_PROGRAMS[s]]:
         n = HIDDEN_SUBSET_GENES if program in subsets else HIDDEN_LINEAGE_GENES

@@ -1,0 +1,110 @@
+"""Per-sample QC logic: MAD bounds, thresholds, failure reasons, doublets, on data with known truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pbmc_prepost import qc
+from pbmc_prepost.simulate import SimulationParams, simulate
+
+
+def test_mad_bounds_use_the_unscaled_mad():
+    values = np.array([1.0, 2.0, 3.0, 4.0, 100.0])
+    low, high = qc.mad_bounds(values, 2)
+    # median 3, absolute deviations 2,1,0,1,97 -> MAD 1
+    assert (low, high) == (1.0, 5.0)
+
+
+def test_mad_bounds_of_a_constant_metric_flag_nothing_inside():
+    low, high = qc.mad_bounds(np.full(10, 4.0), 5)
+    assert low == high == 4.0
+
+
+def obs_frame(total, genes, top, mt):
+    return pd.DataFrame({
+        "total_counts": total, "log1p_total_counts": np.log1p(total),
+        "n_genes_by_counts": genes, "log1p_n_genes_by_counts": np.log1p(genes),
+        "pct_counts_in_top_20_genes": top, "pct_counts_mt": mt,
+    })
+
+
+def test_thresholds_combine_mad_and_absolute_limits():
+    rng = np.random.default_rng(0)
+    n = 500
+    obs = obs_frame(np.exp(rng.normal(8, 0.3, n)), np.exp(rng.normal(7, 0.2, n)), rng.normal(30, 3, n),
+                    rng.normal(3, 0.5, n).clip(0))
+    settings = qc.QCSettings(min_counts=2500, max_pct_mt=4.0)
+    thresholds = qc.metric_thresholds(obs, settings)
+    assert thresholds["min_total_counts"] == 2500  # absolute floor above the MAD bound
+    assert thresholds["max_pct_mt"] == 4.0  # absolute ceiling below median + 3 MADs
+    failures = qc.metric_failures(obs, thresholds)
+    assert failures["low_counts"].sum() == (obs["total_counts"] < 2500).sum()
+    assert failures["high_pct_mt"].sum() == (obs["pct_counts_mt"] > 4.0).sum()
+
+
+def test_mito_outliers_are_flagged_per_sample_not_pooled():
+    # Sample A has a low mito baseline and 5 % damaged cells at 5 %; sample B sits at 6 %.
+    # Per sample, A's damaged cells stand out; pooled with B they hide inside a wide MAD.
+    rng = np.random.default_rng(1)
+    mt_a = np.concatenate([rng.normal(2, 0.2, 285), np.full(15, 5.0)])
+    a = obs_frame(np.full(300, 3000.0), np.full(300, 1000.0), np.full(300, 30.0), mt_a)
+    b = obs_frame(np.full(300, 3000.0), np.full(300, 1000.0), np.full(300, 30.0), rng.normal(6, 0.3, 300))
+    settings = qc.QCSettings()
+    damaged = np.arange(300) >= 285
+    per_sample = qc.metric_failures(a, qc.metric_thresholds(a, settings))["high_pct_mt"].to_numpy()
+    pooled = pd.concat([a, b], ignore_index=True)
+    pooled_calls = qc.metric_failures(a, qc.metric_thresholds(pooled, settings))["high_pct_mt"].to_numpy()
+    assert per_sample[damaged].all() and per_sample[~damaged].mean() < 0.05
+    assert not pooled_calls[damaged].any()
+
+
+@pytest.fixture(scope="module")
+def tiny_sample():
+    data = simulate(SimulationParams(n_donors=1, cells_per_sample=900, n_genes=1500, seed=7))
+    return data.samples["D1_pre"]
+
+
+def test_run_sample_qc_finds_planted_dying_cells_and_doublets(tiny_sample):
+    result = qc.run_sample_qc(tiny_sample, "D1_pre", qc.QCSettings())
+    truth = tiny_sample.obs
+    cells = result.cells.set_index("barcode").loc[truth.index]
+    removed = ~cells["qc_pass"].to_numpy()
+    assert removed[truth["is_dying"].to_numpy()].mean() >= 0.9
+    assert removed[truth["is_doublet"].to_numpy()].mean() >= 0.5
+    healthy = ~(truth["is_dying"] | truth["is_doublet"]).to_numpy()
+    assert removed[healthy].mean() <= 0.08
+    # The tables agree with the filtered object.
+    assert result.summary["cells_out"] == result.filtered.n_obs == cells["qc_pass"].sum()
+    assert list(result.cells.columns) == qc.CELL_TABLE_COLUMNS
+    assert set(result.filtered.obs["barcode"]) == set(cells.index[cells["qc_pass"]])
+    assert all(name.startswith("D1_pre:") for name in result.filtered.obs_names)
+    reasons = set(";".join(result.cells["fail_reason"]).split(";")) - {""}
+    assert reasons <= set(qc.FAIL_REASONS) and "high_pct_mt" in reasons and "doublet" in reasons
+
+
+def test_run_sample_qc_is_deterministic_and_keeps_doublets_when_asked(tiny_sample):
+    first = qc.run_sample_qc(tiny_sample, "s", qc.QCSettings())
+    again = qc.run_sample_qc(tiny_sample, "s", qc.QCSettings())
+    pd.testing.assert_frame_equal(first.cells, again.cells)
+    kept = qc.run_sample_qc(tiny_sample, "s", qc.QCSettings(remove_doublets=False))
+    assert kept.summary["failed_doublet"] == 0
+    assert kept.cells["predicted_doublet"].sum() == first.cells["predicted_doublet"].sum() > 0
+    # Calls at the expected rate: about 5 % of the cells scored.
+    scored = first.cells["doublet_score"].notna().sum()
+    assert abs(first.cells["predicted_doublet"].sum() - 0.05 * scored) <= 1
+
+
+def test_small_sample_skips_doublet_calling_with_nan_scores(tiny_sample):
+    small = tiny_sample[:60].copy()
+    result = qc.run_sample_qc(small, "small", qc.QCSettings(min_cells_for_doublets=100))
+    assert result.cells["doublet_score"].isna().all()
+    assert not result.cells["predicted_doublet"].any()
+
+
+def test_settings_from_config_apply_sample_overrides():
+    settings = qc.QCSettings.from_config({"max_pct_mt": 8, "nmads_mt": 3}, {"remove": False}, seed=3,
+                                         overrides={"max_pct_mt": 15})
+    assert settings.max_pct_mt == 15 and settings.nmads_mt == 3
+    assert settings.remove_doublets is False and settings.seed == 3

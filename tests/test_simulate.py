@@ -1,0 +1,87 @@
+"""The simulator: deterministic, planted effects present, the null twin without them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pbmc_prepost import io as count_io
+from pbmc_prepost.simulate import (IL7_T_EFFECTS, LINEAGE, SimulationParams, simulate, write_dataset)
+
+PARAMS = dict(n_donors=3, cells_per_sample=600, n_genes=1500, seed=11)
+
+
+@pytest.fixture(scope="module")
+def treated():
+    return simulate(SimulationParams(**PARAMS))
+
+
+@pytest.fixture(scope="module")
+def null():
+    return simulate(SimulationParams(**PARAMS, treatment_effect=False))
+
+
+def t_cell_fraction(data, timepoint):
+    obs = pd.concat([a.obs for s, a in data.samples.items() if s.endswith(timepoint)])
+    singlets = obs[~obs["is_doublet"]]
+    return singlets["lineage"].isin(["CD4 T", "CD8 T", "other T"]).mean()
+
+
+def pseudobulk_log2fc(data, gene, lineages):
+    values = {}
+    for sample, adata in data.samples.items():
+        keep = adata.obs["lineage"].isin(lineages).to_numpy() & ~adata.obs["is_doublet"].to_numpy()
+        counts = np.asarray(adata.X[keep].sum(0)).ravel()
+        values[sample] = counts[adata.var_names.get_loc(gene)] / counts.sum() * 1e6
+    donors = sorted({s.split("_")[0] for s in values})
+    return float(np.mean([np.log2(values[f"{d}_post"] / values[f"{d}_pre"]) for d in donors]))
+
+
+def test_same_seed_same_counts(treated):
+    again = simulate(SimulationParams(**PARAMS))
+    for sample in treated.samples:
+        a, b = treated.samples[sample], again.samples[sample]
+        assert (a.X != b.X).nnz == 0 and list(a.obs_names) == list(b.obs_names)
+
+
+def test_counts_are_integers_with_real_symbols_and_artefacts(treated):
+    adata = treated.samples["D1_pre"]
+    assert np.allclose(adata.X.data, np.round(adata.X.data))
+    names = set(adata.var_names)
+    assert {"MT-CO1", "RPL13", "CD3E", "LYZ", "IL7R", "HBB"} <= names
+    assert adata.var["gene_ids"].str.startswith("ENSG").all()
+    assert adata.obs["is_dying"].mean() > 0.01 and adata.obs["is_doublet"].mean() > 0.02
+    assert set(adata.obs.loc[~adata.obs["is_doublet"], "cell_type"]) <= set(LINEAGE)
+
+
+def test_planted_il7_effects_are_in_the_counts(treated):
+    assert t_cell_fraction(treated, "post") - t_cell_fraction(treated, "pre") > 0.1
+    t_cells = ["CD4 T", "CD8 T"]
+    assert pseudobulk_log2fc(treated, "IL7R", t_cells) < -0.5
+    assert pseudobulk_log2fc(treated, "CISH", t_cells) > 0.5
+    assert pseudobulk_log2fc(treated, "HLA-DRA", ["CD14 mono"]) < -0.4
+
+
+def test_null_twin_has_no_treatment_effect(null):
+    assert abs(t_cell_fraction(null, "post") - t_cell_fraction(null, "pre")) < 0.06
+    assert abs(pseudobulk_log2fc(null, "IL7R", ["CD4 T", "CD8 T"])) < 0.3
+    assert abs(pseudobulk_log2fc(null, "CISH", ["CD4 T", "CD8 T"])) < 0.3
+    assert null.truth["de_log2fc"]["T cells (all T subsets)"] == {}
+
+
+def test_truth_records_the_planted_effects(treated):
+    assert treated.truth["de_log2fc"]["T cells (all T subsets)"] == IL7_T_EFFECTS
+    assert len(treated.truth["samples"]) == 6
+
+
+def test_written_dataset_reads_back_in_every_layout(treated, tmp_path):
+    table = write_dataset(treated, tmp_path / "data", tmp_path / "samples.tsv", layout="mixed")
+    assert set(table["format"]) == {"10x_mtx", "10x_h5", "h5ad"}
+    for row in table.itertuples():
+        adata = count_io.read_counts(row.path, row.format, row.counts_layer or None)
+        original = treated.samples[row.sample]
+        assert list(adata.obs_names) == list(original.obs_names)
+        assert (adata[:, original.var_names].X != original.X).nnz == 0
+    truth = pd.read_csv(tmp_path / "data" / "truth" / "cells.tsv.gz", sep="\t")
+    assert len(truth) == sum(a.n_obs for a in treated.samples.values())
