@@ -1,0 +1,117 @@
+"""Merged-stage logic: merge, normalization, HVG exclusions, Harmony, Leiden numbering, markers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from sklearn.metrics import adjusted_rand_score
+from sklearn.neighbors import NearestNeighbors
+
+from pbmc_prepost import cluster
+from pbmc_prepost.simulate import SimulationParams, simulate
+
+
+@pytest.fixture(scope="module")
+def samples():
+    data = simulate(SimulationParams(n_donors=2, cells_per_sample=500, n_genes=1500, seed=5))
+    objects = {}
+    for sample, adata in data.samples.items():
+        adata = adata[~adata.obs["is_doublet"].to_numpy() & ~adata.obs["is_dying"].to_numpy()].copy()
+        adata.obs["barcode"] = adata.obs_names
+        adata.obs_names = [f"{sample}:{b}" for b in adata.obs_names]
+        objects[sample] = adata
+    return objects
+
+
+def merged_from(samples, batch_effect: bool = False):
+    meta = pd.DataFrame({"donor": ["D1", "D1", "D2", "D2"], "timepoint": ["pre", "post"] * 2,
+                         "batch": ["b1", "b1", "b2", "b2"]}, index=["D1_pre", "D1_post", "D2_pre", "D2_post"])
+    objects = {s: a.copy() for s, a in samples.items()}
+    if batch_effect:
+        # A technical batch: donor 2's library prep triples 300 genes.
+        genes = np.random.default_rng(0).choice(objects["D2_pre"].n_vars, 300, replace=False)
+        factor = np.ones(objects["D2_pre"].n_vars)
+        factor[genes] = 3
+        for s in ("D2_pre", "D2_post"):
+            objects[s].X = sp.csr_matrix(np.round(objects[s].X.toarray() * factor).astype(np.float32))
+    merged = cluster.merge_samples(objects, meta, ["donor", "timepoint", "batch"], min_cells_per_gene=3)
+    cluster.normalize(merged, None)
+    return merged
+
+
+def test_merge_keeps_raw_counts_and_sample_metadata(samples):
+    merged = merged_from(samples)
+    assert merged.n_obs == sum(a.n_obs for a in samples.values())
+    assert list(merged.obs["sample"].cat.categories) == sorted(samples)
+    assert (merged.obs.loc[merged.obs["sample"] == "D2_post", "timepoint"] == "post").all()
+    counts = merged.layers["counts"]
+    assert np.allclose(counts.data, np.round(counts.data))
+    assert not np.allclose(merged.X.data, np.round(merged.X.data))  # X is log-normalized
+    first = merged.obs_names[0]
+    sample, barcode = first.split(":")
+    original = samples[sample][first]
+    assert np.allclose(counts[0].toarray().ravel(), original[:, merged.var_names].X.toarray().ravel())
+
+
+def test_merge_drops_genes_missing_from_a_sample(samples):
+    objects = {s: a.copy() for s, a in samples.items()}
+    objects["D1_pre"] = objects["D1_pre"][:, 10:].copy()
+    meta = pd.DataFrame({"donor": ["D1", "D1", "D2", "D2"]}, index=list(objects))
+    merged = cluster.merge_samples(objects, meta, ["donor"], min_cells_per_gene=0)
+    assert merged.n_vars == samples["D1_pre"].n_vars - 10
+
+
+def test_hvg_selection_never_picks_excluded_genes(samples):
+    merged = merged_from(samples)
+    cluster.select_hvgs(merged, 500, "seurat_v3", "sample", ["^MT-", "^RP[SL]"])
+    hv = merged.var_names[merged.var["highly_variable"]]
+    assert len(hv) == 500
+    assert not any(g.startswith(("MT-", "RPS", "RPL")) for g in hv)
+
+
+def test_harmony_mixes_a_technical_batch_and_clusters_find_cell_types(samples):
+    merged = merged_from(samples, batch_effect=True)
+    cluster.select_hvgs(merged, 1000, "seurat_v3", "sample", ["^MT-"])
+    rep = cluster.embed(merged, 30, "harmony", "batch", 2.0, 10, 15, 20, 0.5, seed=0)
+    assert rep == "X_pca_harmony"
+
+    def same_batch_share(embedding):
+        neighbours = NearestNeighbors(n_neighbors=16).fit(embedding).kneighbors(embedding, return_distance=False)[:, 1:]
+        batch = merged.obs["batch"].to_numpy()
+        return (batch[neighbours] == batch[:, None]).mean()
+
+    assert same_batch_share(merged.obsm["X_pca_harmony"][:, :20]) < same_batch_share(merged.obsm["X_pca"][:, :20]) - 0.1
+    keys = cluster.cluster(merged, [0.5], n_iterations=2, seed=0)
+    labels = merged.obs[keys[0]]
+    sizes = labels.value_counts()
+    assert list(sizes.index) == [str(i) for i in range(len(sizes))]  # numbered by size
+    truth = pd.concat([a.obs["cell_type"] for a in samples.values()]).loc[merged.obs_names]
+    assert adjusted_rand_score(truth, labels) > 0.6
+
+
+def test_harmony_with_one_batch_is_skipped(samples):
+    merged = merged_from(samples)
+    merged.obs["batch"] = "only"
+    cluster.select_hvgs(merged, 500, "seurat_v3", None, [])
+    assert cluster.embed(merged, 20, "harmony", "batch", 2.0, 10, 15, 20, 0.5, seed=0) == "X_pca"
+
+
+def test_stratified_subsample_caps_every_group():
+    labels = pd.Series(["a"] * 1000 + ["b"] * 30 + ["c"] * 5)
+    picked = cluster.stratified_subsample(labels, 100, seed=0)
+    counts = labels.iloc[picked].value_counts()
+    assert counts["a"] == 100 and counts["b"] == 30 and counts["c"] == 5
+    assert np.array_equal(picked, cluster.stratified_subsample(labels, 100, seed=0))
+
+
+def test_cluster_markers_find_planted_markers(samples):
+    merged = merged_from(samples)
+    truth = pd.concat([a.obs["cell_type"] for a in samples.values()]).loc[merged.obs_names]
+    merged.obs["truth"] = pd.Categorical(truth)
+    markers = cluster.cluster_markers(merged, "truth", max_cells_per_cluster=100, n_genes=30, seed=0)
+    assert (markers["cells_tested"] <= 100).all()
+    top = markers.groupby("cluster", observed=True)["gene"].apply(set)
+    assert {"S100A8", "S100A9", "CD14", "LYZ", "VCAN", "FCN1"} & top["CD14 mono"]
+    assert {"MS4A1", "CD79A", "CD79B", "IGHD", "TCL1A"} & top["B naive"]
