@@ -3,6 +3,7 @@
 
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -12,6 +13,7 @@ sys.path.insert(0, str(PROJECT_DIR / "workflow" / "scripts"))
 
 from pbmc_prepost import InputError, io as count_io  # noqa: E402
 from pbmc_prepost.configuration import validate_config  # noqa: E402
+from pbmc_prepost.qc import QCSettings  # noqa: E402
 from pbmc_prepost.samplesheet import Contrast, format_warnings, load_sample_sheet  # noqa: E402
 
 # numba compiles scanpy/pynndescent/UMAP kernels on first use in every new process; a persistent
@@ -60,19 +62,7 @@ def sample_input_files(wildcards):
 def qc_settings(wildcards):
     """QC thresholds of one sample: the qc/doublets config plus that sample's overrides."""
     overrides = config["qc"]["sample_overrides"].get(wildcards.sample, {})
-    qc_keys = {k: v for k, v in config["qc"].items() if k != "sample_overrides"}
-    doublets = config["doublets"]
-    return {
-        **qc_keys,
-        **overrides,
-        "remove_doublets": doublets["remove"],
-        "doublet_call": doublets["call"],
-        "expected_doublet_rate": doublets["expected_doublet_rate"],
-        "sim_doublet_ratio": doublets["sim_doublet_ratio"],
-        "n_prin_comps": doublets["n_prin_comps"],
-        "min_cells_for_doublets": doublets["min_cells"],
-        "seed": config["seed"],
-    }
+    return asdict(QCSettings.from_config(config["qc"], config["doublets"], config["seed"], overrides))
 
 
 def scaled(base_mb, per_input_mb=0.0, per_attempt=0.5):

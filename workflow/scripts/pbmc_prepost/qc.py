@@ -11,7 +11,7 @@ Scrublet (Wolock et al. 2019) on the cells that pass the metric filters.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import anndata as ad
 import numpy as np
@@ -255,6 +255,3 @@ def run_sample_qc(adata: ad.AnnData, sample: str, settings: QCSettings) -> Sampl
     return SampleQC(filtered=filtered, cells=cells, summary=summary, obs=obs)
 
 
-def settings_table(settings: QCSettings) -> dict:
-    """Settings as a flat dict (for logs and provenance)."""
-    return asdict(settings)
