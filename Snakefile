@@ -15,6 +15,7 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/qc.smk"
 include: "workflow/rules/cluster.smk"
+include: "workflow/rules/annotate.smk"
 
 
 rule all:
@@ -27,4 +28,5 @@ rule all:
         "results/merged/clustered.h5ad",
         "results/figures/clustering/umap_sample.png",
         "results/figures/clustering/marker_dotplot.png",
+        "results/annotation/cells.tsv.gz",
     default_target: True

@@ -82,3 +82,9 @@ def runtime_min(base_min, per_input_mb=0.0):
         return int(config["resources"]["scale"] * attempt * (base_min + per_input_mb * input.size_mb))
 
     return runtime
+
+
+def annotation_overrides(wildcards=None):
+    """The cluster -> cell type override table, when the user has one (an empty list otherwise)."""
+    path = config["annotation"]["overrides"]
+    return [path] if path and Path(path).exists() else []

@@ -74,6 +74,9 @@ def validate_config(config: dict[str, Any], schema_path: str | Path, source: str
     if clustering["default_resolution"] not in clustering["resolutions"]:
         problems.append(f"{source}: clustering.default_resolution = {clustering['default_resolution']} is not among "
                         f"clustering.resolutions {clustering['resolutions']}. Fix: add it to the list or pick one of them.")
+    if config["annotation"]["resolution"] not in clustering["resolutions"]:
+        problems.append(f"{source}: annotation.resolution = {config['annotation']['resolution']} is not among "
+                        f"clustering.resolutions {clustering['resolutions']}. Fix: add it to the list or pick one of them.")
     contrast = config["contrast"]
     if contrast["reference"] == contrast["treated"]:
         problems.append(f"{source}: contrast.reference and contrast.treated are both {contrast['reference']!r}. "

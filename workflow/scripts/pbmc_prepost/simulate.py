@@ -166,6 +166,7 @@ IFN_GENES = ["IFI27", "IFI44L", "IFIT1", "ISG15", "RSAD2", "IFI44", "IFI6", "IFI
 NULL_EXHAUSTION_GENES = ["PDCD1", "HAVCR2", "LAG3", "TIGIT", "BTLA", "CD160", "CD244", "CD96",
                          "ENTPD1", "TOX", "TOX2", "NR4A2", "NR4A3", "EOMES", "BATF", "IRF4",
                          "CXCL13", "LAYN"]
+HAEMOGLOBIN = {"HBB": 0.7, "HBA2": 0.2, "HBA1": 0.1}  # share of the haemoglobin soup
 FEMALE_GENES = ["XIST"]
 MALE_GENES = ["RPS4Y1", "DDX3Y", "UTY", "KDM5D", "EIF1AY"]
 HOUSEKEEPING = {"MALAT1": 5, "B2M": 5.5, "TMSB4X": 5.5, "ACTB": 4.5, "GAPDH": 3.5, "FTL": 4,
@@ -214,7 +215,7 @@ def _gene_universe(params: SimulationParams, rng: np.random.Generator) -> pd.Dat
             named += list(markers)
     named += CELL_CYCLE_GENES + list(IL7_T_EFFECTS) + list(MONO_EFFECTS) + STRESS_GENES
     named += IFN_GENES + NULL_EXHAUSTION_GENES + FEMALE_GENES + MALE_GENES + list(HOUSEKEEPING)
-    named += ["IL7R", "HBB", "HBA1", "HBA2", "PTPRC", "CD69", "FOXP3"]
+    named += ["IL7R", "PTPRC", "CD69", "FOXP3", *HAEMOGLOBIN]
     named += _curated_set_genes()
     mito = sorted(s for s in symbols if s.startswith("MT-"))
     ribo = sorted(s for s in symbols if re.fullmatch(r"RP[SL]\d+[A-Z]?\d*", s))
@@ -250,9 +251,13 @@ def _build_profiles(genes: pd.DataFrame, params: SimulationParams, rng: np.rando
     is_ribo = np.array([bool(re.fullmatch(r"RP[SL]\d+[A-Z]?\d*", g)) for g in symbols])
     base[is_ribo] = rng.normal(3.9, 0.5, is_ribo.sum())  # ~20-30 % of UMIs, as in PBMC
     marker_genes = {g for grp in (LINEAGE_MARKERS, SUBSET_MARKERS) for m in grp.values() for g in m}
-    for g in marker_genes | set(CELL_CYCLE_GENES) | set(FEMALE_GENES) | set(MALE_GENES) | {"HBB", "HBA1", "HBA2"}:
+    for g in marker_genes | set(CELL_CYCLE_GENES) | set(FEMALE_GENES) | set(MALE_GENES):
         if g in index:
             base[index[g]] = rng.normal(-0.7, 0.5)
+    # Haemoglobin: no PBMC population makes it; it arrives only with the ambient soup (lysed red cells).
+    for g in HAEMOGLOBIN:
+        if g in index:
+            base[index[g]] = -9.0
     for g, level in HOUSEKEEPING.items():
         if g in index:
             base[index[g]] = level + rng.normal(0, 0.2)
@@ -442,6 +447,12 @@ def simulate(params: SimulationParams | None = None) -> SimulatedData:
 
             # Ambient RNA: the soup is the sample's average transcriptome (monocyte-dominated).
             soup = (profile[:n_cells] * library[:n_cells, None]).sum(0)
+            soup /= soup.sum()
+            # Lysed red cells add haemoglobin to the soup, more in some samples than others.
+            red_cell_share = srng.uniform(0.002, 0.02)
+            for g, share in HAEMOGLOBIN.items():
+                if g in index:
+                    soup[index[g]] += red_cell_share * share
             soup /= soup.sum()
             ambient = srng.beta(2.0, 2.0 / params.ambient_fraction - 2.0, n_total) if params.ambient_fraction > 0 else np.zeros(n_total)
             profile = profile * (1 - ambient)[:, None] + ambient[:, None] * soup

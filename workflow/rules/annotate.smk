@@ -1,0 +1,49 @@
+# Cell types: marker scores, cluster labels by majority, lineage, cycling flag, user overrides.
+
+
+rule annotate_cells:
+    input:
+        h5ad="results/merged/clustered.h5ad",
+        markers=config["annotation"]["marker_table"],
+        overrides=annotation_overrides,
+    output:
+        cells="results/annotation/cells.tsv.gz",
+        clusters=report(
+            "results/annotation/clusters.tsv",
+            caption="../report/annotation_clusters.rst",
+            category="3. Annotation",
+            labels={"table": "cluster labels"},
+        ),
+        umap_png=report(
+            "results/figures/annotation/umap_cell_type.png",
+            caption="../report/umap_cell_type.rst",
+            category="3. Annotation",
+            labels={"figure": "UMAP by cell type"},
+        ),
+        umap_pdf="results/figures/annotation/umap_cell_type.pdf",
+        dotplot_png=report(
+            "results/figures/annotation/marker_dotplot_by_cell_type.png",
+            caption="../report/marker_dotplot_cell_type.rst",
+            category="3. Annotation",
+            labels={"figure": "marker dot plot by cell type and condition"},
+        ),
+        dotplot_pdf="results/figures/annotation/marker_dotplot_by_cell_type.pdf",
+    params:
+        resolution=config["annotation"]["resolution"],
+        cycling_threshold=config["annotation"]["cycling_threshold"],
+        overrides=annotation_overrides,
+        dotplot_genes=config["markers"]["dotplot_genes"],
+        contrast_column=CONTRAST.column,
+        reference=CONTRAST.reference,
+    log:
+        "logs/annotate_cells.log",
+    benchmark:
+        "benchmarks/annotate_cells.tsv"
+    threads: 1
+    resources:
+        mem_mb=scaled(1500, per_input_mb=1.5),
+        runtime=runtime_min(10, per_input_mb=0.01),
+    conda:
+        ENV
+    script:
+        "../scripts/annotate_cells.py"

@@ -1,0 +1,469 @@
+"""Cell-type composition: per-sample proportions, a paired test per cell type, and two figures.
+
+Proportions are *relative*: IL-7 expands T cells, so every other population's share falls even
+when its absolute number does not. Every table row and every figure says so.
+
+The unit of the test is the sample, not the cell. The test follows propeller (Phipson et al.
+2022, Bioinformatics 38:4720): transform each sample's proportion (logit with propeller's offset,
+or arcsin-square-root), then fit ``transformed ~ donor + condition`` per cell type. With one
+sample per donor and level this is exactly a paired t-test on the per-donor differences;
+replicate samples of a donor and level are handled by the same linear model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import statsmodels.api as sm  # noqa: E402
+from scipy import stats  # noqa: E402
+from statsmodels.stats.multitest import multipletests  # noqa: E402
+
+from pbmc_prepost import plots  # noqa: E402
+from pbmc_prepost.samplesheet import Contrast  # noqa: E402
+
+__all__ = [
+    "RELATIVE_NOTE",
+    "TRANSFORMS",
+    "cell_counts",
+    "paired_composition_test",
+    "paired_lines_figure",
+    "stacked_bar_figure",
+    "transform_proportions",
+]
+
+#: Repeated in every test row and figure: a share can fall without any loss of cells.
+RELATIVE_NOTE = "proportions are relative: an expansion of one population lowers the others"
+#: Transform name -> label used in the ``test`` column.
+TRANSFORMS = {"logit": "logit", "asin_sqrt": "arcsin-sqrt"}
+#: Pseudo-proportion in ``log2_ratio`` so that a population absent at one level gives a finite value.
+PSEUDO_PROPORTION = 1e-6
+UNPAIRED_TEST = "unpaired fallback (no donor pairs)"
+
+
+def _str_values(values: pd.Series) -> pd.Series:
+    """Labels as plain str with missing values as '' (sheets and obs mix str, NaN, categoricals)."""
+    return values.astype(object).where(values.notna(), "").astype(str)
+
+
+def cell_counts(obs: pd.DataFrame, group_col: str, sample_meta: pd.DataFrame,
+                contrast: Contrast) -> pd.DataFrame:
+    """Count cells per sample and group, with zero counts for groups absent from a sample.
+
+    Parameters
+    ----------
+    obs
+        One row per cell with a ``sample`` column and ``group_col`` (the cell-type label).
+    group_col
+        Column of ``obs`` holding the label to count (e.g. lineage or cell type).
+    sample_meta
+        Indexed by sample id, with ``contrast.column`` and (optionally) ``contrast.pair_by``;
+        the validated sample sheet (:attr:`SheetReport.samples`) fits. Every sample of ``obs``
+        must be listed; a listed sample without cells gets ``n_cells`` 0 and proportion NaN.
+    contrast
+        Names the condition column and the pairing column.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``sample``, ``<pair_by>`` ('' when the sheet has none), ``<contrast.column>``,
+        ``cell_type`` (the ``group_col`` label as str), ``n_cells``, ``proportion`` (``n_cells``
+        over the sample's cells). One row per sample x label seen anywhere in ``obs``, sorted
+        by sample (``sample_meta`` order) then ``cell_type``.
+
+    Raises
+    ------
+    ValueError
+        Missing columns, unlabelled cells, duplicated sample ids, or cells of a sample that
+        ``sample_meta`` does not list.
+    """
+    for column in ("sample", group_col):
+        if column not in obs.columns:
+            raise ValueError(f"obs has no column '{column}' (columns: {', '.join(map(str, obs.columns))})")
+    if contrast.column not in sample_meta.columns:
+        raise ValueError(f"sample_meta has no contrast column '{contrast.column}'")
+    meta_ids = pd.Index(sample_meta.index.astype(str))
+    if meta_ids.has_duplicates:
+        raise ValueError(f"sample_meta lists sample(s) twice: {sorted(set(meta_ids[meta_ids.duplicated()]))}")
+    # An unlabelled cell would count in the sample's total but in no group: refuse it.
+    n_missing = int(obs[group_col].isna().sum())
+    if n_missing:
+        raise ValueError(f"{n_missing} cell(s) have no '{group_col}' label; label or drop them first")
+    samples = _str_values(obs["sample"])
+    labels = obs[group_col].astype(str)
+    unknown = sorted(set(samples) - set(meta_ids))
+    if unknown:
+        raise ValueError(f"obs has cells of sample(s) not in sample_meta: {', '.join(unknown)}")
+
+    cell_types = sorted(set(labels))
+    wide = (pd.DataFrame({"sample": samples.to_numpy(), "cell_type": labels.to_numpy()})
+            .groupby(["sample", "cell_type"]).size().unstack(fill_value=0)
+            .reindex(index=meta_ids, columns=cell_types, fill_value=0))
+    counts = wide.to_numpy(dtype=np.int64)
+    totals = counts.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        proportions = np.where(totals > 0, counts / np.maximum(totals, 1), np.nan)
+
+    pair = _str_values(sample_meta[contrast.pair_by]) if contrast.pair_by in sample_meta.columns \
+        else pd.Series("", index=sample_meta.index)
+    level = _str_values(sample_meta[contrast.column])
+    n_types = len(cell_types)
+    return pd.DataFrame({
+        "sample": np.repeat(meta_ids.to_numpy(dtype=object), n_types).astype(str),
+        contrast.pair_by: np.repeat(pair.to_numpy(dtype=object), n_types).astype(str),
+        contrast.column: np.repeat(level.to_numpy(dtype=object), n_types).astype(str),
+        "cell_type": np.tile(np.array(cell_types, dtype=object), len(meta_ids)).astype(str),
+        "n_cells": counts.ravel(),
+        "proportion": proportions.ravel(),
+    })
+
+
+def transform_proportions(n_cells: np.ndarray, totals: np.ndarray, transform: str = "logit") -> np.ndarray:
+    """Variance-stabilise proportions as propeller does.
+
+    Parameters
+    ----------
+    n_cells, totals
+        Cells of the type and cells of the sample (broadcastable arrays).
+    transform
+        ``"logit"``: ``log(p' / (1 - p'))`` with ``p' = (n_cells + 0.5) / (totals + 1)`` (the
+        offset keeps zero counts finite); ``"asin_sqrt"``: ``arcsin(sqrt(n_cells / totals))``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Transformed values.
+    """
+    n_cells = np.asarray(n_cells, dtype=float)
+    totals = np.asarray(totals, dtype=float)
+    if transform == "logit":
+        p = (n_cells + 0.5) / (totals + 1.0)
+        return np.log(p / (1.0 - p))
+    if transform == "asin_sqrt":
+        return np.arcsin(np.sqrt(n_cells / totals))
+    raise ValueError(f"unknown transform {transform!r}; choose from {', '.join(TRANSFORMS)}")
+
+
+def _sample_table(props: pd.DataFrame, contrast: Contrast) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Validate ``props``; return (per-sample donor/level/total, counts samples x cell types)."""
+    required = ["sample", contrast.column, "cell_type", "n_cells"]
+    missing = [c for c in required if c not in props.columns]
+    if missing:
+        raise ValueError(f"props lacks column(s) {', '.join(missing)}; pass the output of cell_counts")
+    table = props.copy()
+    table["sample"] = _str_values(table["sample"])
+    table["cell_type"] = _str_values(table["cell_type"])
+    table["_pair"] = _str_values(table[contrast.pair_by]) if contrast.pair_by in table.columns else ""
+    table["_level"] = _str_values(table[contrast.column])
+    if table.duplicated(["sample", "cell_type"]).any():
+        raise ValueError("props has several rows for one sample and cell type")
+    per_sample = table.groupby("sample", sort=False).agg(
+        pair=("_pair", "first"), level=("_level", "first"), total=("n_cells", "sum"),
+        n_pair=("_pair", "nunique"), n_level=("_level", "nunique"))
+    if (per_sample["n_pair"] > 1).any() or (per_sample["n_level"] > 1).any():
+        raise ValueError(f"props gives a sample more than one {contrast.pair_by} or {contrast.column}")
+    # Totals are the sum over the sample's rows, so a table with cell types removed would give
+    # wrong proportions silently; the stored proportions reveal it.
+    if "proportion" in table.columns:
+        total = table["sample"].map(per_sample["total"]).to_numpy(dtype=float)
+        expected = np.divide(table["n_cells"].to_numpy(dtype=float), total,
+                             out=np.full(len(table), np.nan), where=total > 0)
+        stored = table["proportion"].to_numpy(dtype=float)
+        bad = (total > 0) & ~np.isclose(expected, stored, rtol=1e-6, atol=1e-9)
+        if bad.any():
+            raise ValueError("props' proportions differ from n_cells / the sample's summed n_cells: "
+                             "pass the full cell_counts table (all cell types of every sample)")
+    counts = table.pivot(index="sample", columns="cell_type", values="n_cells").reindex(
+        index=per_sample.index, columns=sorted(table["cell_type"].unique())).fillna(0)
+    return per_sample[["pair", "level", "total"]], counts
+
+
+def _paired_pvalue(y: np.ndarray, donors: np.ndarray, treated: np.ndarray) -> tuple[float, str]:
+    """p-value of the condition term of ``y ~ donor + condition`` (OLS); '' or a reason for NaN."""
+    levels = sorted(set(donors))
+    design = np.column_stack([np.ones(len(y))]
+                             + [(donors == d).astype(float) for d in levels[1:]]
+                             + [treated.astype(float)])
+    df_resid = len(y) - np.linalg.matrix_rank(design)
+    if df_resid < 1:
+        return math.nan, "no residual degrees of freedom (one pair): not tested"
+    fit = sm.OLS(y, design).fit()
+    # A perfectly constant change in every donor has zero residual variance: t is undefined.
+    if fit.ssr <= 1e-20 * max(1.0, float(np.sum((y - y.mean()) ** 2))):
+        return math.nan, "every donor changes by exactly the same amount (zero residual variance): not tested"
+    return float(fit.pvalues[-1]), ""
+
+
+def paired_composition_test(props: pd.DataFrame, contrast: Contrast, transform: str = "logit",
+                            min_pairs: int = 3) -> pd.DataFrame:
+    """Paired, propeller-style test of each cell type's proportion between the contrast levels.
+
+    Parameters
+    ----------
+    props
+        Output of :func:`cell_counts` (all cell types of every sample; totals are the summed
+        ``n_cells`` of a sample). Samples of other contrast levels and samples without cells are
+        ignored.
+    contrast
+        Reference and treated levels and the pairing column.
+    transform
+        ``"logit"`` (propeller's default: counts + 0.5, totals + 1) or ``"asin_sqrt"``.
+    min_pairs
+        Fewest donors with both levels for a p-value; below it the p-value is NaN and the note
+        says why. In the unpaired fallback it is the fewest samples per level (at least 2).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``cell_type``, ``n_pairs``, ``mean_<reference>``, ``mean_<treated>`` (mean
+        proportion over the tested samples), ``log2_ratio`` (log2 of mean treated over mean
+        reference, each + 1e-6), ``pvalue`` (condition term of ``transformed ~ donor +
+        condition``, OLS), ``padj`` (Benjamini-Hochberg over the tested cell types), ``test``,
+        ``note`` (always states that proportions are relative). When no donor has both levels,
+        an unpaired Welch t-test on the transformed proportions is used instead, ``test`` is
+        ``"unpaired fallback (no donor pairs)"`` and ``n_pairs`` is 0. Sorted by pvalue (NaN
+        last) then cell_type.
+    """
+    if transform not in TRANSFORMS:
+        raise ValueError(f"unknown transform {transform!r}; choose from {', '.join(TRANSFORMS)}")
+    ref, trt, pair_by = contrast.reference, contrast.treated, contrast.pair_by
+    mean_ref, mean_trt = f"mean_{ref}", f"mean_{trt}"
+    columns = ["cell_type", "n_pairs", mean_ref, mean_trt, "log2_ratio", "pvalue", "padj", "test", "note"]
+    samples, counts = _sample_table(props, contrast)
+    keep = samples["level"].isin([ref, trt]) & (samples["total"] > 0)
+    samples, counts = samples[keep], counts.loc[keep]
+
+    in_ref = set(samples.loc[(samples["level"] == ref) & (samples["pair"] != ""), "pair"])
+    in_trt = set(samples.loc[(samples["level"] == trt) & (samples["pair"] != ""), "pair"])
+    paired_donors = sorted(in_ref & in_trt)
+    paired = bool(paired_donors)
+    common_notes: list[str] = []
+    if paired:
+        # Samples of donors with one level carry no information on the within-donor change.
+        unpaired = samples.index[~samples["pair"].isin(paired_donors)]
+        if len(unpaired):
+            common_notes.append(f"{len(unpaired)} sample(s) without a {pair_by} pair excluded: "
+                                f"{', '.join(unpaired)}")
+        samples = samples[samples["pair"].isin(paired_donors)]
+        counts = counts.loc[samples.index]
+        test_label = f"paired {TRANSFORMS[transform]} t-test, {pair_by} as block"
+    else:
+        common_notes.append(f"no {pair_by} has both a '{ref}' and a '{trt}' sample: unpaired Welch "
+                            f"t-test on {TRANSFORMS[transform]} proportions (less powerful)")
+        test_label = UNPAIRED_TEST
+
+    totals = samples["total"].to_numpy(dtype=float)
+    is_trt = (samples["level"] == trt).to_numpy()
+    donors = samples["pair"].to_numpy()
+    n_ref, n_trt = int((~is_trt).sum()), int(is_trt.sum())
+    min_per_level = max(2, min_pairs)
+    rows = []
+    for cell_type in counts.columns:
+        n = counts[cell_type].to_numpy(dtype=float)
+        prop = n / totals
+        m_ref = float(prop[~is_trt].mean()) if n_ref else math.nan
+        m_trt = float(prop[is_trt].mean()) if n_trt else math.nan
+        notes = list(common_notes)
+        pvalue = math.nan
+        y = transform_proportions(n, totals, transform)
+        if paired and len(paired_donors) < min_pairs:
+            notes.append(f"only {len(paired_donors)} complete {pair_by} pair(s), fewer than "
+                         f"min_pairs={min_pairs}: not tested")
+        elif not paired and min(n_ref, n_trt) < min_per_level:
+            notes.append(f"{n_ref} '{ref}' and {n_trt} '{trt}' sample(s), fewer than "
+                         f"{min_per_level} per level: not tested")
+        elif n.sum() == 0:
+            notes.append("no cells of this type in the compared samples: not tested")
+        elif paired:
+            pvalue, why = _paired_pvalue(y, donors, is_trt)
+            if why:
+                notes.append(why)
+        else:
+            result = stats.ttest_ind(y[is_trt], y[~is_trt], equal_var=False)
+            pvalue = float(result.pvalue)
+            if not np.isfinite(pvalue):
+                pvalue = math.nan
+                notes.append("no variation within the levels: Welch t-test undefined")
+        notes.append(RELATIVE_NOTE)
+        rows.append({
+            "cell_type": cell_type,
+            "n_pairs": len(paired_donors),
+            mean_ref: m_ref,
+            mean_trt: m_trt,
+            "log2_ratio": float(np.log2((m_trt + PSEUDO_PROPORTION) / (m_ref + PSEUDO_PROPORTION))),
+            "pvalue": pvalue,
+            "padj": math.nan,
+            "test": test_label,
+            "note": "; ".join(notes),
+        })
+    result = pd.DataFrame(rows, columns=columns)
+    result["n_pairs"] = result["n_pairs"].astype(np.int64)
+    for column in (mean_ref, mean_trt, "log2_ratio", "pvalue", "padj"):
+        result[column] = result[column].astype(float)
+    tested = result["pvalue"].notna().to_numpy()
+    if tested.any():
+        result.loc[tested, "padj"] = multipletests(result.loc[tested, "pvalue"], method="fdr_bh")[1]
+    return result.sort_values(["pvalue", "cell_type"], na_position="last", kind="mergesort") \
+        .reset_index(drop=True)
+
+
+def _level_order(levels: Sequence[str], contrast: Contrast) -> dict[str, int]:
+    """Reference first, treated second, other levels after them in sorted order."""
+    others = sorted(set(levels) - {contrast.reference, contrast.treated})
+    order = {contrast.reference: 0, contrast.treated: 1}
+    order.update({level: 2 + i for i, level in enumerate(others)})
+    return order
+
+
+def _plain_props(props: pd.DataFrame, contrast: Contrast) -> pd.DataFrame:
+    table = props.copy()
+    table["sample"] = _str_values(table["sample"])
+    table["cell_type"] = _str_values(table["cell_type"])
+    table["_pair"] = _str_values(table[contrast.pair_by]) if contrast.pair_by in table.columns else ""
+    table["_level"] = _str_values(table[contrast.column])
+    return table
+
+
+def stacked_bar_figure(props: pd.DataFrame, contrast: Contrast, paths: Sequence[str | Path],
+                       title: str = "Cell-type composition per sample") -> None:
+    """One stacked bar of cell-type proportions per sample.
+
+    Parameters
+    ----------
+    props
+        Output of :func:`cell_counts`.
+    contrast
+        Orders the bars: reference samples, then treated, then any other level; by donor within.
+    paths
+        Files to write (PNG and/or PDF, format from the suffix).
+    title
+        Figure title; the subtitle always states that proportions are relative.
+    """
+    table = _plain_props(props, contrast)
+    meta = table.drop_duplicates("sample").set_index("sample")[["_pair", "_level"]]
+    rank = _level_order(list(meta["_level"]), contrast)
+    meta = meta.assign(_rank=meta["_level"].map(rank)).reset_index() \
+        .sort_values(["_rank", "_pair", "sample"], kind="mergesort")
+    order = list(meta["sample"])
+    cell_types = sorted(table["cell_type"].unique())
+    colours = dict(zip(cell_types, plots.palette(len(cell_types))))
+    wide = table.pivot(index="sample", columns="cell_type", values="proportion") \
+        .reindex(index=order, columns=cell_types).fillna(0.0)
+
+    fig, ax = plt.subplots(figsize=(min(max(5.0, 0.42 * len(order) + 3.8), 24.0), 4.8),
+                           layout="constrained")
+    x = np.arange(len(order))
+    bottom = np.zeros(len(order))
+    for cell_type in cell_types:
+        values = wide[cell_type].to_numpy()
+        ax.bar(x, values, bottom=bottom, width=0.85, color=colours[cell_type], label=cell_type,
+               edgecolor="white", linewidth=0.3)
+        bottom += values
+    # Separate and name the contrast levels above the bars.
+    levels = list(meta["_level"])
+    starts = [i for i in range(len(levels)) if i == 0 or levels[i] != levels[i - 1]]
+    for j, start in enumerate(starts):
+        end = starts[j + 1] if j + 1 < len(starts) else len(levels)
+        if start:
+            ax.axvline(start - 0.5, color="black", linewidth=0.8)
+        ax.text((start + end - 1) / 2, 1.01, levels[start] or "(none)", ha="center", va="bottom",
+                fontsize=8, transform=ax.get_xaxis_transform())
+    ax.set_xticks(x)
+    ax.set_xticklabels(order, rotation=90, fontsize=8)
+    ax.set_xlim(-0.6, len(order) - 0.4)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("proportion of the sample's cells")
+    handles, labels = ax.get_legend_handles_labels()
+    # Reversed so that the legend reads top-down like the stack.
+    ax.legend(handles[::-1], labels[::-1], frameon=False, fontsize=7, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), title="cell type", title_fontsize=8)
+    ax.set_title(RELATIVE_NOTE, fontsize=8, style="italic", pad=16)
+    fig.suptitle(title, fontsize=10)
+    plots.save(fig, paths)
+
+
+def paired_lines_figure(props: pd.DataFrame, test: pd.DataFrame, contrast: Contrast,
+                        paths: Sequence[str | Path],
+                        title: str = "Change in cell-type proportions per donor") -> None:
+    """Small multiples of each cell type's proportion, one line per donor from reference to treated.
+
+    Parameters
+    ----------
+    props
+        Output of :func:`cell_counts`; only reference and treated samples are drawn.
+    test
+        Output of :func:`paired_composition_test` (``n_pairs`` and ``padj`` go into the panel
+        titles; a cell type missing from it is labelled "not tested").
+    contrast
+        Reference and treated levels and the pairing column.
+    paths
+        Files to write (PNG and/or PDF, format from the suffix).
+    title
+        Figure title; a second line always states that proportions are relative.
+    """
+    ref, trt = contrast.reference, contrast.treated
+    table = _plain_props(props, contrast)
+    cell_types = sorted(table["cell_type"].unique())
+    table = table[table["_level"].isin([ref, trt]) & table["proportion"].notna()]
+    table = table.assign(_x=(table["_level"] == trt).astype(int))
+    # A donor with replicate samples at one level is drawn at its mean proportion.
+    by_donor = table[table["_pair"] != ""].groupby(["cell_type", "_pair", "_x"])["proportion"].mean()
+    no_donor = table[table["_pair"] == ""]
+    donors = sorted(table.loc[table["_pair"] != "", "_pair"].unique())
+    colours = dict(zip(donors, plots.palette(len(donors))))
+    results = test.assign(cell_type=_str_values(test["cell_type"])).set_index("cell_type") \
+        if len(test) else pd.DataFrame(columns=["n_pairs", "padj"])
+
+    n_panels = max(len(cell_types), 1)
+    ncols = min(5, n_panels)
+    nrows = math.ceil(n_panels / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.3 * ncols + 1.4, 2.3 * nrows + 0.9),
+                             squeeze=False, layout="constrained")
+    flat = axes.ravel()
+    for ax, cell_type in zip(flat, cell_types):
+        for donor in donors:
+            key = (cell_type, donor)
+            points = by_donor.loc[key] if key in by_donor.index.droplevel("_x") else pd.Series(dtype=float)
+            xs, ys = points.index.to_numpy(), points.to_numpy()
+            if len(xs) == 2:
+                ax.plot(xs, ys, "-o", color=colours[donor], markersize=4, linewidth=1.2)
+            elif len(xs) == 1:
+                # A donor without its pair: a lone open point, no line.
+                ax.plot(xs, ys, "o", markerfacecolor="none", markeredgecolor=colours[donor], markersize=5)
+        lone = no_donor[no_donor["cell_type"] == cell_type]
+        if len(lone):
+            ax.plot(lone["_x"], lone["proportion"], "x", color="grey", markersize=5)
+        if cell_type in results.index:
+            row = results.loc[cell_type]
+            padj = float(row["padj"])
+            padj_text = f"padj {padj:.2g}" if np.isfinite(padj) else "padj n/a"
+            label = f"{int(row['n_pairs'])} pairs, {padj_text}"
+        else:
+            label = "not tested"
+        ax.set_title(f"{cell_type}\n{label}", fontsize=8)
+        ax.set_xticks([0, 1])
+        ax.set_xticklabels([ref, trt], fontsize=8)
+        ax.set_xlim(-0.4, 1.4)
+        ax.set_ylim(bottom=0)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in flat[len(cell_types):]:
+        ax.axis("off")
+    if not cell_types:
+        flat[0].text(0.5, 0.5, "no cells", ha="center", va="center", transform=flat[0].transAxes)
+    for row_axes in axes:
+        row_axes[0].set_ylabel("proportion", fontsize=8)
+    handles = [plt.Line2D([], [], color=colours[d], marker="o", markersize=4, label=d) for d in donors]
+    if len(no_donor):
+        handles.append(plt.Line2D([], [], color="grey", marker="x", linestyle="none", label="no donor"))
+    if handles:
+        fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=7,
+                   title=contrast.pair_by or "donor", title_fontsize=8)
+    fig.suptitle(f"{title}\n{RELATIVE_NOTE}", fontsize=10)
+    plots.save(fig, paths)
