@@ -16,6 +16,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/qc.smk"
 include: "workflow/rules/cluster.smk"
 include: "workflow/rules/annotate.smk"
+include: "workflow/rules/composition.smk"
+include: "workflow/rules/de.smk"
 
 
 rule all:
@@ -29,4 +31,6 @@ rule all:
         "results/figures/clustering/umap_sample.png",
         "results/figures/clustering/marker_dotplot.png",
         "results/annotation/cells.tsv.gz",
+        "results/composition/test.tsv",
+        "results/de/summary.tsv",
     default_target: True

@@ -78,6 +78,6 @@ def test_overrides_relabel_a_cluster_and_reject_unknown_labels(cells, tmp_path):
 def test_population_without_measured_markers_is_not_scored(cells):
     adata, clusters = cells
     table = annotate.read_marker_table(MARKERS)
-    scores, _ = annotate.marker_scores(adata, table, clusters)
+    scores, _, _ = annotate.marker_scores(adata, table, clusters)
     assert "LDG" not in scores.columns  # only 1 of its 8 markers is in these data
     assert "CD4 naive" in scores.columns

@@ -6,6 +6,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import pandas as pd
+
 from snakemake.exceptions import WorkflowError
 
 PROJECT_DIR = Path(workflow.basedir)

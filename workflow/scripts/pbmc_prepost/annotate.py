@@ -62,27 +62,32 @@ def score_column(cell_type: str) -> str:
 
 
 def _scaled_expression(adata: ad.AnnData, genes: list[str], groups: pd.Series) -> pd.DataFrame:
-    """Log-normalized expression of ``genes`` scaled to the highest cluster mean of each gene.
+    """Log-normalized expression of ``genes`` rescaled between background and the best cluster.
 
-    Scaling to the best-expressing cluster (not to single cells) keeps a gene that no population
-    expresses, seen only as ambient or stray counts, from scoring as if it marked some cells; the
-    floor does the same for genes barely detected anywhere.
+    Per gene, 0 is the background (10th percentile of the cluster means: the level of clusters
+    that do not make the transcript, ambient RNA included) and 1 the best-expressing cluster's
+    mean; values are capped at 1. A gene that every cluster shows at the same level, such as
+    haemoglobin arriving with the ambient soup, has nothing above background and cannot mark a
+    population; the floor keeps barely detected genes from being blown up.
     """
     matrix = adata[:, genes].X
     matrix = matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
     frame = pd.DataFrame(matrix, index=adata.obs_names, columns=genes)
-    top = frame.groupby(groups.reindex(adata.obs_names).to_numpy(), sort=False).mean().max(axis=0)
-    floor = SCALE_FLOOR * float(np.median(top[top > 0])) if (top > 0).any() else 1.0
-    return (frame / np.maximum(top, floor)).clip(upper=1.0)
+    means = frame.groupby(groups.reindex(adata.obs_names).to_numpy(), sort=False).mean()
+    background = means.quantile(0.1, axis=0)
+    span = means.max(axis=0) - background
+    floor = SCALE_FLOOR * float(np.median(span[span > 0])) if (span > 0).any() else 1.0
+    return ((frame - background) / np.maximum(span, floor)).clip(upper=1.0)
 
 
-# Floor of the scaling denominator, as a share of the median marker's best cluster mean.
+# Floor of the scaling span, as a share of the median marker's span (best cluster minus background).
 SCALE_FLOOR = 0.5
 
 
 def marker_scores(adata: ad.AnnData, markers: MarkerTable, groups: pd.Series,
-                  min_present: float = 0.5) -> tuple[pd.DataFrame, pd.Series]:
-    """Per-cell marker score of every population, and the proliferation score.
+                  min_present: float = 0.5) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame]:
+    """Per-cell marker score of every population, the proliferation score, and the scaled
+    expression of the identity markers used (cells x genes).
 
     ``groups`` (clusters) only set each gene's scale. Populations with fewer than ``min_present``
     of their positive markers (and fewer than 2) in the data are not scored (logged), so a
@@ -108,7 +113,8 @@ def marker_scores(adata: ad.AnnData, markers: MarkerTable, groups: pd.Series,
                          "Fix: check that genes are named by HGNC symbols.")
     cycling_genes = [g for g in markers.states.get("cycling", []) if g in present]
     cycling = scaled[cycling_genes].mean(axis=1) if cycling_genes else pd.Series(0.0, index=adata.obs_names)
-    return pd.DataFrame(scores), cycling
+    identity_genes = sorted({g for row in markers.identity.itertuples() for g in row.positive + row.negative if g in present})
+    return pd.DataFrame(scores), cycling, scaled[identity_genes]
 
 
 def read_overrides(path: str | Path | None, known: set[str]) -> dict[str, str]:
@@ -124,6 +130,16 @@ def read_overrides(path: str | Path | None, known: set[str]) -> dict[str, str]:
         raise InputError(f"{path}: unknown cell type(s) {unknown}. Fix: use labels of the marker table: "
                          f"{sorted(known)}.")
     return dict(zip(table["cluster"].str.strip(), table["cell_type"].str.strip()))
+
+
+def _nearest_centroid(profiles: pd.DataFrame, centroids: pd.DataFrame) -> np.ndarray:
+    """Index of the centroid with the highest Pearson correlation to each row of ``profiles``."""
+    def centred(matrix: np.ndarray) -> np.ndarray:
+        matrix = matrix - matrix.mean(axis=1, keepdims=True)
+        return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+
+    similarity = centred(profiles.to_numpy(float)) @ centred(centroids.to_numpy(float)).T
+    return centroids.index.to_numpy()[similarity.argmax(axis=1)]
 
 
 def annotate(adata: ad.AnnData, clusters: pd.Series, markers: MarkerTable, cycling_threshold: float,
@@ -152,7 +168,7 @@ def annotate(adata: ad.AnnData, clusters: pd.Series, markers: MarkerTable, cycli
     """
     overrides = overrides or {}
     clusters = clusters.astype(str).reindex(adata.obs_names)
-    scores, cycling_score = marker_scores(adata, markers, clusters)
+    scores, cycling_score, profiles = marker_scores(adata, markers, clusters)
     # Cells choose among the populations that best explain at least one cluster on average: a
     # population no cluster expresses (erythrocytes in a washed PBMC sample ...) cannot take single
     # cells through a stray ambient count of its markers.
@@ -166,26 +182,42 @@ def annotate(adata: ad.AnnData, clusters: pd.Series, markers: MarkerTable, cycli
     candidates = scores[winners]
     own_label = candidates.idxmax(axis=1)
     frame = pd.DataFrame({"cluster": clusters, "own_label": own_label, "cycling": cycling})
-    rows = []
+    rows = {}
     labels = pd.Series(index=adata.obs_names, dtype=object)
+    proliferating = []
     for cluster, members in frame.groupby("cluster", sort=False):
         counts = members["own_label"].value_counts()
         majority, share = counts.index[0], counts.iloc[0] / len(members)
         cycling_share = members["cycling"].mean()
+        how = "majority"
         if cluster in overrides:
             labels[members.index] = overrides[cluster]
             how = "override"
         elif cycling_share > 0.5:
-            # A proliferating cluster: give each cell its own lineage-preserving label.
-            labels[members.index] = members["own_label"]
+            proliferating.append(cluster)
             how = "per cell (cycling cluster)"
         else:
             labels[members.index] = majority
-            how = "majority"
-        rows.append({"cluster": cluster, "cell_type": overrides.get(cluster, majority), "how": how,
-                     "n_cells": len(members), "majority_share": round(float(share), 4),
-                     "runner_up": counts.index[1] if len(counts) > 1 else "",
-                     "cycling_share": round(float(cycling_share), 4)})
+        rows[cluster] = {"cluster": cluster, "cell_type": overrides.get(cluster, majority), "how": how,
+                         "n_cells": len(members), "majority_share": round(float(share), 4),
+                         "runner_up": counts.index[1] if len(counts) > 1 else "",
+                         "cycling_share": round(float(cycling_share), 4)}
+    if proliferating:
+        # Proliferating cells keep their lineage: each takes the label of the resting cluster whose
+        # marker profile it correlates with best (all identity markers at once, steadier than any
+        # one population's few markers in a cell whose transcriptome is busy with the cell cycle).
+        resting_cells = ~frame["cluster"].isin(proliferating)
+        centroids = profiles[resting_cells.to_numpy()].groupby(frame.loc[resting_cells, "cluster"].to_numpy()).mean()
+        centroid_labels = labels[resting_cells].groupby(frame.loc[resting_cells, "cluster"].to_numpy()).first()
+        cells_in = frame.index[frame["cluster"].isin(proliferating)]
+        nearest = _nearest_centroid(profiles.loc[cells_in], centroids)
+        labels[cells_in] = centroid_labels.loc[nearest].to_numpy()
+        for cluster in proliferating:
+            members = labels[frame["cluster"] == cluster]
+            counts = members.value_counts()
+            rows[cluster].update(cell_type=counts.index[0], majority_share=round(float(counts.iloc[0] / len(members)), 4),
+                                 runner_up=counts.index[1] if len(counts) > 1 else "")
+    rows = list(rows.values())
     lineage_of = markers.lineage_of
     cells = pd.DataFrame({"cluster": clusters, "cell_type": labels.astype(str)}, index=adata.obs_names)
     cells["lineage"] = cells["cell_type"].map(lineage_of)

@@ -237,7 +237,9 @@ def paired_composition_test(props: pd.DataFrame, contrast: Contrast, transform: 
     mean_ref, mean_trt = f"mean_{ref}", f"mean_{trt}"
     columns = ["cell_type", "n_pairs", mean_ref, mean_trt, "log2_ratio", "pvalue", "padj", "test", "note"]
     samples, counts = _sample_table(props, contrast)
-    keep = samples["level"].isin([ref, trt]) & (samples["total"] > 0)
+    in_contrast = samples["level"].isin([ref, trt])
+    empty = samples.index[in_contrast & (samples["total"] <= 0)]
+    keep = in_contrast & (samples["total"] > 0)
     samples, counts = samples[keep], counts.loc[keep]
 
     in_ref = set(samples.loc[(samples["level"] == ref) & (samples["pair"] != ""), "pair"])
@@ -245,6 +247,8 @@ def paired_composition_test(props: pd.DataFrame, contrast: Contrast, transform: 
     paired_donors = sorted(in_ref & in_trt)
     paired = bool(paired_donors)
     common_notes: list[str] = []
+    if len(empty):
+        common_notes.append(f"sample(s) without cells ignored: {', '.join(empty)}")
     if paired:
         # Samples of donors with one level carry no information on the within-donor change.
         unpaired = samples.index[~samples["pair"].isin(paired_donors)]
@@ -451,7 +455,9 @@ def paired_lines_figure(props: pd.DataFrame, test: pd.DataFrame, contrast: Contr
         ax.set_xticks([0, 1])
         ax.set_xticklabels([ref, trt], fontsize=8)
         ax.set_xlim(-0.4, 1.4)
-        ax.set_ylim(bottom=0)
+        # A little room below 0 so that zero proportions are not cut in half by the axis.
+        top = max(ax.get_ylim()[1], 1e-3)
+        ax.set_ylim(-0.04 * top, top)
         ax.tick_params(axis="y", labelsize=7)
     for ax in flat[len(cell_types):]:
         ax.axis("off")

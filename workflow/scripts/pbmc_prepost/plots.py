@@ -170,3 +170,30 @@ def dotplot_figure(mean_expression: pd.DataFrame, fraction: pd.DataFrame, gene_g
     ax.set_title(title, fontsize=10, pad=22)
     fig.tight_layout()
     save(fig, paths)
+
+
+def message_figure(title: str, message: str, paths: Sequence[str | Path]) -> None:
+    """A figure that only says why there is nothing to show (e.g. a population not tested)."""
+    fig, ax = plt.subplots(figsize=(6.5, 2.5))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=10, wrap=True)
+    ax.set_title(title, fontsize=10)
+    save(fig, paths)
+
+
+def de_counts_figure(summary: pd.DataFrame, alpha: float, paths: Sequence[str | Path]) -> None:
+    """Genes up and down (padj < alpha) per population, with donor pairs and status in the labels."""
+    table = summary.sort_values("cell_type", ascending=False).reset_index(drop=True)
+    labels = [f"{row.cell_type} ({row.n_pairs} pairs)" if row.status == "tested" else f"{row.cell_type} (not tested)"
+              for row in table.itertuples()]
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.35 * len(table) + 1.2)))
+    y = np.arange(len(table))
+    ax.barh(y, table["n_up"], color="#C44E52", label="up")
+    ax.barh(y, -table["n_down"], color="#4C72B0", label="down")
+    ax.axvline(0, color="black", linewidth=0.5)
+    ax.set_yticks(y)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_xlabel(f"genes with padj < {alpha:g} (down <- 0 -> up)")
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    save(fig, paths)

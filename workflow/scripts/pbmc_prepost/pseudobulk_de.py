@@ -150,8 +150,9 @@ class DesignChoice:
         """
         rows = meta.loc[self.samples]
         # str everywhere: numeric-looking batches/donors must stay factors, not covariates.
-        return pd.DataFrame({clean: rows[orig].astype(str).to_numpy() for clean, orig in self.columns.items()},
-                            index=pd.Index(rows.index.astype(str), name=None))
+        return pd.DataFrame({clean: rows[orig].astype(str).str.strip().to_numpy()
+                             for clean, orig in self.columns.items()},
+                            index=pd.Index(rows.index.astype(str)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,6 +268,8 @@ def pseudobulk(adata: ad.AnnData, group_col: str, sample_col: str = "sample", la
     missing = [c for c in (sample_col, group_col, *meta_columns) if c not in adata.obs.columns]
     if missing:
         raise ValueError(f"pseudobulk: obs column(s) {missing} missing; obs has {list(adata.obs.columns)}")
+    if not adata.var_names.is_unique:
+        raise ValueError("pseudobulk: var_names are not unique; run adata.var_names_make_unique() first")
     if layer is not None and layer not in adata.layers:
         raise ValueError(f"pseudobulk: layer '{layer}' with raw counts missing; layers: {list(adata.layers)}")
     obs = pd.DataFrame({c: adata.obs[c].astype(str).to_numpy() for c in (sample_col, group_col, *meta_columns)},
@@ -285,6 +288,9 @@ def pseudobulk(adata: ad.AnnData, group_col: str, sample_col: str = "sample", la
     if summed is None:
         summed = _pseudobulk_indicator(counts, obs, sample_col, group_col)
     keys, X = summed
+    # Same row order whichever path summed: group, then sample.
+    order = sorted(range(len(keys)), key=lambda i: (keys[i][1], keys[i][0]))
+    keys, X = [keys[i] for i in order], X[order]
     n_cells = obs.groupby([sample_col, group_col]).size()
     samples = [k[0] for k in keys]
     groups = [k[1] for k in keys]
@@ -336,8 +342,26 @@ def pseudobulk_for_contrast(adata: ad.AnnData, contrast: Contrast, settings: DES
                             batch_col: str | None = "batch") -> ad.AnnData:
     """Pseudobulk at ``settings.level`` carrying the contrast, pairing and batch columns.
 
-    The same object :func:`de_all_groups` fits; use it for :func:`normalized_pseudobulk`.
-    Pairing and batch columns are carried only when present in ``adata.obs``.
+    The same object :func:`de_all_groups` fits; subset it to one group for
+    :func:`normalized_pseudobulk` or :func:`de_one_group`.
+
+    Parameters
+    ----------
+    adata
+        Annotated cells with raw counts in ``layers["counts"]``.
+    contrast
+        Its ``column`` is required in obs; ``pair_by`` is carried when present.
+    settings
+        ``settings.level`` is the group column.
+    sample_col
+        obs column naming the sample.
+    batch_col
+        Carried when given and present in obs.
+
+    Returns
+    -------
+    anndata.AnnData
+        See :func:`pseudobulk`.
     """
     meta = [contrast.column]
     meta += [c for c in (contrast.pair_by, batch_col) if c and c in adata.obs.columns]
@@ -434,7 +458,6 @@ def choose_design(meta: pd.DataFrame, contrast: Contrast, batch_col: str | None,
     used = [orig for orig in columns.values()] + [contrast.column]
 
     # Batch only where estimable: a batch nested in donor (or condition) adds nothing but rank loss.
-    batch_added = False
     if batch_col and use_batch and batch_col in frame.columns:
         frame[batch_col] = frame[batch_col].astype(str)
         n_batches = frame[batch_col].nunique()
@@ -454,10 +477,10 @@ def choose_design(meta: pd.DataFrame, contrast: Contrast, batch_col: str | None,
             elif len(frame) - rank < 1:
                 notes.append(f"{batch_col} not added (no residual degrees of freedom left)")
             else:
-                batch_added = True
                 clean = _identifier(batch_col, taken)
                 columns[clean] = batch_col
                 terms.append(clean)
+                notes.append(f"{batch_col} added ({n_batches} levels)")
     elif batch_col and not use_batch and batch_col in frame.columns and frame[batch_col].nunique() > 1:
         notes.append(f"{batch_col} not used (use_batch is off)")
     columns[cond] = contrast.column
@@ -475,8 +498,9 @@ def choose_design(meta: pd.DataFrame, contrast: Contrast, batch_col: str | None,
     else:
         head = (f"unpaired fallback: {why_unpaired}; {formula} on {n_ref} {contrast.reference} vs "
                 f"{n_trt} {contrast.treated} samples")
-    if batch_added:
-        head += f" (+ {batch_col})"
+    renamed = [f"'{orig}' as {clean}" for clean, orig in columns.items() if clean != orig]
+    if renamed:
+        notes.append(f"columns renamed for the formula: {', '.join(renamed)}")
     note = "; ".join([head, *notes])
     return DesignChoice(formula=formula, paired=paired, n_pairs=n_pairs, covariates=covariates, note=note,
                         samples=list(frame.index), excluded_donors=excluded, columns=columns,
@@ -756,13 +780,14 @@ def paired_genes_figure(norm: pd.DataFrame, genes: Sequence[str], contrast: Cont
     has_pairs = contrast.pair_by in norm.columns
     donors = sorted(norm[contrast.pair_by].astype(str).unique()) if has_pairs and len(norm) else []
     colours = dict(zip(donors, plots.palette(len(donors))))
+    in_levels = norm[contrast.column].astype(str).isin(levels) if len(norm) else pd.Series(dtype=bool)
     n_cols = min(4, len(genes))
     n_rows = int(np.ceil(len(genes) / n_cols))
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols, 2.6 * n_rows + 0.6), squeeze=False)
     for ax in axes.ravel()[len(genes):]:
         ax.set_visible(False)
     for ax, gene in zip(axes.ravel(), genes):
-        rows = norm.loc[(norm["gene"] == gene) & norm[contrast.column].astype(str).isin(levels)] if len(norm) else norm
+        rows = norm.loc[(norm["gene"] == gene) & in_levels] if len(norm) else norm
         ax.set_title(gene, fontsize=9)
         ax.set_xticks([0, 1])
         ax.set_xticklabels(levels, fontsize=8)
@@ -782,7 +807,11 @@ def paired_genes_figure(norm: pd.DataFrame, genes: Sequence[str], contrast: Cont
     axes[0, 0].set_ylabel("log2(CPM + 1)", fontsize=8)
     if donors and len(donors) <= 20:
         axes[0, 0].legend(frameon=False, fontsize=6, loc="best")
-    n_text = f"{len(donors)} {contrast.pair_by}s" if has_pairs else f"{norm['sample'].nunique() if 'sample' in norm else 0} samples (unpaired)"
+    if has_pairs:
+        per_donor = norm.loc[in_levels].groupby(norm[contrast.pair_by].astype(str))[contrast.column].nunique()
+        n_text = f"{len(donors)} {contrast.pair_by}s, {int((per_donor == 2).sum())} with both timepoints"
+    else:
+        n_text = f"{norm['sample'].nunique() if 'sample' in norm else 0} samples, unpaired"
     fig.suptitle("\n".join(textwrap.wrap(f"{title} ({n_text})", 90)), fontsize=9)
     fig.tight_layout()
     plots.save(fig, paths)

@@ -128,6 +128,12 @@ SUBSET_PROGRAMS = {
 # B cells express MHC-II too, more weakly than myeloid cells.
 LINEAGE_MARKERS["myeloid_mhc"] = {g: 2.5 for g in ("HLA-DRA", "HLA-DRB1", "HLA-DPA1", "HLA-DPB1",
                                                    "CD74", "HLA-DMA", "HLA-DMB", "CIITA")}
+# IL7R (CD127) by subset, log2 fold over background: high on naive/memory T and MAIT, low on
+# Treg (CD127lo) and effector CD8 (science brief 2.9). Not an annotation marker: IL-7 lowers it.
+IL7R_LEVEL = {"CD4 naive": 3.0, "CD4 memory": 3.5, "CD8 naive": 3.0, "CD8 effector": 1.5, "MAIT": 4.0,
+              "gd T": 2.5, "NK CD56bright": 2.5, "Treg": 0.5}
+for _subset, _fold in IL7R_LEVEL.items():
+    SUBSET_MARKERS[_subset]["IL7R"] = _fold
 # Unnamed genes per program / subset: the breadth of real cell-type differences.
 HIDDEN_LINEAGE_GENES = 150
 HIDDEN_SUBSET_GENES = 25
