@@ -9,6 +9,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from conftest import ROOT, run_snakemake
+from pbmc_prepost.simulate import NULL_EXHAUSTION_GENES
 
 pytestmark = pytest.mark.workflow
 
@@ -90,9 +91,72 @@ def test_markers_and_figures_exist(example_run):
             assert (figures / f"{name}{suffix}").stat().st_size > 5000, name
 
 
+def qc_passing_truth(run, truth):
+    annotation = pd.read_csv(run / "results" / "annotation" / "cells.tsv.gz", sep="\t", dtype={"barcode": str})
+    return annotation.merge(truth, on=["sample", "barcode"], suffixes=("", "_true"))
+
+
+def test_cell_type_labels_agree_with_truth(example_run, example_truth):
+    cells = qc_passing_truth(example_run, example_truth)
+    assert {"sample", "barcode", "cluster", "cell_type", "lineage", "cycling", "cycling_score",
+            "score_CD4_naive"} <= set(cells.columns)
+    # Every QC-passing cell counts, the few doublets that passed QC included (they are errors).
+    lineage_agreement = (cells["lineage"] == cells["lineage_true"]).mean()
+    subset_agreement = (cells["cell_type"] == cells["cell_type_true"]).mean()
+    assert lineage_agreement >= 0.85, lineage_agreement
+    assert subset_agreement >= 0.70, subset_agreement
+    cycling_true = cells["cycling_true"].astype(str) == "True"
+    assert (cells["cycling"] == cycling_true).mean() > 0.98
+    # Proliferating T cells are labelled within CD4/CD8 T, not as a type of their own.
+    assert set(cells.loc[cells["cycling"], "lineage"]) & {"CD4 T", "CD8 T"}
+
+
+def test_t_cell_share_rises_and_is_significant(example_run):
+    test = pd.read_csv(example_run / "results" / "composition" / "test.tsv", sep="\t")
+    assert list(test.columns[:8]) == ["level", "cell_type", "n_pairs", "mean_pre", "mean_post", "log2_ratio",
+                                      "pvalue", "padj"]
+    lineage = test[test["level"] == "lineage"].set_index("cell_type")
+    for population in ("CD4 T", "CD8 T"):
+        assert lineage.loc[population, "log2_ratio"] > 0 and lineage.loc[population, "padj"] < 0.05
+        assert lineage.loc[population, "n_pairs"] == 5
+    assert "relative" in lineage.loc["CD4 T", "note"]
+    proportions = pd.read_csv(example_run / "results" / "composition" / "proportions.tsv", sep="\t")
+    assert {"sample", "donor", "timepoint", "cell_type", "n_cells", "proportion"} <= set(proportions.columns)
+    sums = proportions.groupby(["level", "sample"])["proportion"].sum()
+    assert np.allclose(sums, 1.0)
+
+
+def read_de(run, group):
+    return pd.read_csv(run / "results" / "de" / f"{group}.tsv", sep="\t").set_index("gene")
+
+
+def test_paired_pseudobulk_de_finds_il7_pharmacodynamics_and_monocyte_shift(example_run):
+    summary = pd.read_csv(example_run / "results" / "de" / "summary.tsv", sep="\t").set_index("cell_type")
+    for group in ("CD4_T", "CD8_T"):
+        table = read_de(example_run, group)
+        assert list(table.reset_index().columns) == ["gene", "baseMean", "log2FoldChange", "lfcSE", "stat", "pvalue", "padj"]
+        assert table.loc["IL7R", "log2FoldChange"] < 0 and table.loc["IL7R", "padj"] < 0.05, group
+        for gene in ("BCL2", "CISH"):
+            assert table.loc[gene, "log2FoldChange"] > 0 and table.loc[gene, "padj"] < 0.05, (group, gene)
+    mono = read_de(example_run, "CD14_mono")
+    for gene in ("HLA-DRA", "HLA-DRB1", "CD74"):
+        assert mono.loc[gene, "log2FoldChange"] < 0 and mono.loc[gene, "padj"] < 0.05, gene
+    cd8 = read_de(example_run, "CD8_T")
+    tested_null = cd8.index.intersection(NULL_EXHAUSTION_GENES)
+    assert len(tested_null) >= 5
+    assert not (cd8.loc[tested_null, "padj"] < 0.05).any(), cd8.loc[tested_null, "padj"].min()
+    row = summary.loc["CD8 T"]
+    assert row["status"] == "tested" and row["n_pairs"] == 5 and row["design"] == "~donor + timepoint"
+    assert {"cell_type", "n_pairs", "n_cells", "n_genes_tested", "n_up", "n_down", "status", "reason"} <= set(summary.reset_index().columns)
+    figures = example_run / "results" / "figures"
+    for name in ["de/volcano_CD4_T", "de/paired_genes_CD8_T", "de/summary", "composition/bars_cell_type",
+                 "composition/pairs_lineage", "annotation/umap_cell_type", "annotation/marker_dotplot_by_cell_type"]:
+        assert (figures / f"{name}.png").stat().st_size > 5000, name
+
+
 def test_nothing_left_to_do_and_report_builds(example_run):
     dry = run_snakemake(example_run, "--config", f"samples={example_run / 'samples.tsv'}", "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr
     run_snakemake(example_run, "--config", f"samples={example_run / 'samples.tsv'}", "--report", "report.html")
     html = (example_run / "report.html").read_text(errors="ignore")
-    assert "umap_clusters.png" in html and "marker_dotplot.png" in html
+    assert "umap_clusters.png" in html and "marker_dotplot.png" in html and "volcano_CD4_T.png" in html

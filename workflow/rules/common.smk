@@ -35,6 +35,21 @@ except InputError as error:
 for message in SHEET.warnings:
     logger.warning(f"WARNING {message}")
 
+
+
+def project_path(path):
+    """A config path as given when it exists from the run folder, else inside the project.
+
+    Lets `snakemake --directory elsewhere` keep using the shipped resources (marker table ...).
+    """
+    if not path or Path(path).is_absolute() or Path(path).exists():
+        return path
+    return str(PROJECT_DIR / path)
+
+
+config["annotation"]["marker_table"] = project_path(config["annotation"]["marker_table"])
+config["annotation"]["overrides"] = project_path(config["annotation"]["overrides"])
+
 SAMPLES = list(SHEET.samples.index)
 # Sheet columns carried into obs and tables, in this order.
 META_COLUMNS = list(dict.fromkeys(

@@ -129,8 +129,8 @@ SUBSET_PROGRAMS = {
 LINEAGE_MARKERS["myeloid_mhc"] = {g: 2.5 for g in ("HLA-DRA", "HLA-DRB1", "HLA-DPA1", "HLA-DPB1",
                                                    "CD74", "HLA-DMA", "HLA-DMB", "CIITA")}
 # IL7R (CD127) by subset, log2 fold over background: high on naive/memory T and MAIT, low on
-# Treg (CD127lo) and effector CD8 (science brief 2.9). Not an annotation marker: IL-7 lowers it.
-IL7R_LEVEL = {"CD4 naive": 3.0, "CD4 memory": 3.5, "CD8 naive": 3.0, "CD8 effector": 1.5, "MAIT": 4.0,
+# Treg (CD127lo), lower on effector-memory CD8 (science brief 2.9). Not an annotation marker: IL-7 lowers it.
+IL7R_LEVEL = {"CD4 naive": 3.0, "CD4 memory": 3.5, "CD8 naive": 3.0, "CD8 effector": 2.5, "MAIT": 4.0,
               "gd T": 2.5, "NK CD56bright": 2.5, "Treg": 0.5}
 for _subset, _fold in IL7R_LEVEL.items():
     SUBSET_MARKERS[_subset]["IL7R"] = _fold
@@ -259,7 +259,9 @@ def _build_profiles(genes: pd.DataFrame, params: SimulationParams, rng: np.rando
     marker_genes = {g for grp in (LINEAGE_MARKERS, SUBSET_MARKERS) for m in grp.values() for g in m}
     for g in marker_genes | set(CELL_CYCLE_GENES) | set(FEMALE_GENES) | set(MALE_GENES):
         if g in index:
-            base[index[g]] = rng.normal(-0.7, 0.5)
+            base[index[g]] = rng.normal(-0.7, 0.3)
+    # IL7R is among the better-detected transcripts of resting T cells (about 1 UMI per cell here).
+    base[index["IL7R"]] = -0.3
     # Haemoglobin: no PBMC population makes it; it arrives only with the ambient soup (lysed red cells).
     for g in HAEMOGLOBIN:
         if g in index:
