@@ -18,6 +18,8 @@ include: "workflow/rules/cluster.smk"
 include: "workflow/rules/annotate.smk"
 include: "workflow/rules/composition.smk"
 include: "workflow/rules/de.smk"
+include: "workflow/rules/enrichment.smk"
+include: "workflow/rules/provenance.smk"
 
 
 rule all:
@@ -33,4 +35,8 @@ rule all:
         "results/annotation/cells.tsv.gz",
         "results/composition/test.tsv",
         "results/de/summary.tsv",
+        "results/enrichment/gsea.tsv",
+        "results/enrichment/scores.tsv",
+        "results/provenance/software_versions.tsv",
+        "results/figures/summary.png",
     default_target: True

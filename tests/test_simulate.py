@@ -85,3 +85,21 @@ def test_written_dataset_reads_back_in_every_layout(treated, tmp_path):
         assert (adata[:, original.var_names].X != original.X).nnz == 0
     truth = pd.read_csv(tmp_path / "data" / "truth" / "cells.tsv.gz", sep="\t")
     assert len(truth) == sum(a.n_obs for a in treated.samples.values())
+
+
+def test_same_seed_same_counts_in_another_process(treated):
+    """Python randomizes string hashing per process; the simulation must not depend on it."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import hashlib; from pbmc_prepost.simulate import simulate, SimulationParams; "
+            f"d = simulate(SimulationParams(**{PARAMS!r})); "
+            "print(hashlib.md5(b''.join(a.X.toarray().tobytes() for a in d.samples.values())).hexdigest())")
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
+    other = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    here = hashlib.md5(b"".join(a.X.toarray().tobytes() for a in treated.samples.values())).hexdigest()
+    assert other.stdout.strip() == here

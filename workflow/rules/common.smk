@@ -49,6 +49,8 @@ def project_path(path):
 
 config["annotation"]["marker_table"] = project_path(config["annotation"]["marker_table"])
 config["annotation"]["overrides"] = project_path(config["annotation"]["overrides"])
+config["enrichment"]["gmt"] = [project_path(path) for path in config["enrichment"]["gmt"]]
+config["enrichment"]["set_metadata"] = project_path(config["enrichment"]["set_metadata"])
 
 SAMPLES = list(SHEET.samples.index)
 # Sheet columns carried into obs and tables, in this order.
@@ -105,3 +107,44 @@ def annotation_overrides(wildcards=None):
     """The cluster -> cell type override table, when the user has one (an empty list otherwise)."""
     path = config["annotation"]["overrides"]
     return [path] if path and Path(path).exists() else []
+
+
+def composition_figure(level, kind, caption):
+    label = {"bars": "stacked bars per sample", "pairs": "per-donor proportions"}[kind]
+    return report(
+        f"results/figures/composition/{kind}_{level}.png",
+        caption=f"../report/{caption}",
+        category="4. Composition",
+        labels={"level": level, "figure": label},
+    )
+
+
+def de_settings():
+    de = config["de"]
+    expr = de["filter_by_expr"]
+    return {
+        "level": de["level"],
+        "min_cells": de["min_cells"],
+        "min_counts": de["min_counts"],
+        "min_pairs": de["min_pairs"],
+        "filter_min_count": expr["min_count"],
+        "filter_min_total_count": expr["min_total_count"],
+        "filter_large_n": expr["large_n"],
+        "filter_min_prop": expr["min_prop"],
+        "alpha": de["alpha"],
+        "use_batch": de["use_batch"],
+        "n_cpus": 1,
+        "seed": config["seed"],
+    }
+
+
+def de_group_summaries(wildcards):
+    groups_file = checkpoints.pseudobulk_cells.get().output.groups
+    files = pd.read_csv(groups_file, sep="\t", dtype=str)["file"]
+    return expand("results/de/per_group/{group}.summary.tsv", group=files)
+
+
+def de_group_tables(wildcards):
+    groups_file = checkpoints.pseudobulk_cells.get().output.groups
+    files = pd.read_csv(groups_file, sep="\t", dtype=str)["file"]
+    return expand("results/de/{group}.tsv", group=files)

@@ -1,16 +1,6 @@
 # Composition: cells per sample and population, and a paired test of each population's share.
 
 
-def composition_figure(level, kind, caption):
-    label = {"bars": "stacked bars per sample", "pairs": "per-donor proportions"}[kind]
-    return report(
-        f"results/figures/composition/{kind}_{level}.png",
-        caption=f"../report/{caption}",
-        category="4. Composition",
-        labels={"level": level, "figure": label},
-    )
-
-
 rule test_composition:
     input:
         cells="results/annotation/cells.tsv.gz",

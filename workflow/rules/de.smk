@@ -6,25 +6,6 @@ wildcard_constraints:
     group="(?!summary$)[A-Za-z0-9][A-Za-z0-9._-]*",
 
 
-def de_settings():
-    de = config["de"]
-    expr = de["filter_by_expr"]
-    return {
-        "level": de["level"],
-        "min_cells": de["min_cells"],
-        "min_counts": de["min_counts"],
-        "min_pairs": de["min_pairs"],
-        "filter_min_count": expr["min_count"],
-        "filter_min_total_count": expr["min_total_count"],
-        "filter_large_n": expr["large_n"],
-        "filter_min_prop": expr["min_prop"],
-        "alpha": de["alpha"],
-        "use_batch": de["use_batch"],
-        "n_cpus": 1,
-        "seed": config["seed"],
-    }
-
-
 checkpoint pseudobulk_cells:
     input:
         h5ad="results/merged/clustered.h5ad",
@@ -95,12 +76,6 @@ rule test_de_group:
         ENV
     script:
         "../scripts/test_de_group.py"
-
-
-def de_group_summaries(wildcards):
-    groups_file = checkpoints.pseudobulk_cells.get().output.groups
-    files = pd.read_csv(groups_file, sep="\t", dtype=str)["file"]
-    return expand("results/de/per_group/{group}.summary.tsv", group=files)
 
 
 rule summarize_de:

@@ -257,7 +257,8 @@ def _build_profiles(genes: pd.DataFrame, params: SimulationParams, rng: np.rando
     is_ribo = np.array([bool(re.fullmatch(r"RP[SL]\d+[A-Z]?\d*", g)) for g in symbols])
     base[is_ribo] = rng.normal(3.9, 0.5, is_ribo.sum())  # ~20-30 % of UMIs, as in PBMC
     marker_genes = {g for grp in (LINEAGE_MARKERS, SUBSET_MARKERS) for m in grp.values() for g in m}
-    for g in marker_genes | set(CELL_CYCLE_GENES) | set(FEMALE_GENES) | set(MALE_GENES):
+    # sorted: iterating a set of strings follows the per-process hash seed, not the simulation seed.
+    for g in sorted(marker_genes | set(CELL_CYCLE_GENES) | set(FEMALE_GENES) | set(MALE_GENES)):
         if g in index:
             base[index[g]] = rng.normal(-0.7, 0.3)
     # IL7R is among the better-detected transcripts of resting T cells (about 1 UMI per cell here).

@@ -1,0 +1,431 @@
+"""The workflow through a real SLURM cluster (profiles/slurm), checked against a local run.
+
+A one-node SLURM cluster is set up on this machine: Debian's slurm-wlm and munge are installed with
+apt-get when missing, a private munged (own key and socket) is started, /etc/slurm/slurm.conf is
+written for this host (2 CPUs, the machine's memory minus 2 GB, select/cons_tres with
+CR_Core_Memory, no cgroups, no accounting database) and slurmctld and slurmd are started. Job
+states are read with squeue (`--slurm-status-command squeue`; MinJobAge keeps finished jobs
+visible for an hour), since `sacct` would need slurmdbd and a database. Everything is stopped
+and the configuration removed afterwards, also when a test fails.
+
+A small simulated cohort (3 donors x pre/post) runs once locally and once through SLURM, at the
+same time; the tables must agree. Needs root and apt-get, else skipped. About 5-8 minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT, run_snakemake
+from pbmc_prepost.simulate import SimulationParams, simulate, write_dataset
+
+pytestmark = pytest.mark.workflow
+
+SLURM_ETC = Path("/etc/slurm")
+MARKER = "# Written by pbmc-prepost tests/test_slurm.py"
+PACKAGES = ["slurm-wlm", "munge"]
+BINARIES = ["slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo", "munged", "mungekey"]
+PARTITION = "pbmctest"
+# Not SLURM's default ports, so that a stray daemon elsewhere on the machine does not answer.
+CTLD_PORT, SLURMD_PORT = 16817, 16818
+
+# Tables compared between the local and the SLURM run; both runs make only these (and what they
+# need: QC, merge, embedding, clustering, annotation, composition, pseudobulk DE), which keeps the
+# chain of SLURM jobs short. Figures, markers and later summaries are plain script jobs as well.
+COMPARED = [
+    "results/qc/cells.tsv.gz",
+    "results/qc/summary.tsv",
+    "results/clustering/clusters.tsv.gz",
+    "results/annotation/cells.tsv.gz",
+    "results/composition/test.tsv",
+    "results/de/summary.tsv",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# The cluster
+
+
+def _run(command: list[str], timeout: int = 60, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def _install_packages() -> None:
+    """apt-get install slurm-wlm and munge, unless their programs are already there."""
+    if all(shutil.which(b) or Path("/usr/sbin", b).exists() for b in BINARIES):
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    _run(["apt-get", "update"], timeout=600, env=env)
+    _run(["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES], timeout=900, env=env)
+
+
+def _kill_pidfile(pidfile: Path, wait: float = 15) -> None:
+    """Stop the daemon named in a pid file (TERM, then KILL), if it still runs.
+
+    Only a slurmctld, slurmd or munged is signalled, never a process that reused the pid.
+    """
+    try:
+        pid = int(pidfile.read_text().split()[0])
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+    except (OSError, ValueError, IndexError):
+        return
+    if name not in {"slurmctld", "slurmd", "munged"}:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _running(pid):
+                return
+            time.sleep(0.2)
+
+
+def _running(pid: int) -> bool:
+    """True while the process exists and is not a zombie (a daemon's exit may not be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _stop_leftovers_of_earlier_run() -> None:
+    """A killed earlier run may have left its daemons running: stop them by their pid files."""
+    conf = SLURM_ETC / "slurm.conf"
+    if not conf.exists():
+        return
+    for line in conf.read_text().splitlines():
+        match = re.match(r"#?\s*(SlurmctldPidFile|SlurmdPidFile|MungePidFile)=(\S+)", line)
+        if match:
+            _kill_pidfile(Path(match.group(2)), wait=5)
+
+
+def _slurm_conf(node: str, real_memory: int, munge_socket: Path, state: Path, munge_pid: Path) -> str:
+    return f"""{MARKER}; removed when the test ends.
+# MungePidFile={munge_pid}
+ClusterName=pbmctest
+SlurmctldHost={node}(127.0.0.1)
+SlurmctldPort={CTLD_PORT}
+SlurmdPort={SLURMD_PORT}
+SlurmUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={munge_socket}
+StateSaveLocation={state}/ctld
+SlurmdSpoolDir={state}/spool
+SlurmctldPidFile={state}/slurmctld.pid
+SlurmdPidFile={state}/slurmd.pid
+SlurmctldLogFile={state}/slurmctld.log
+SlurmdLogFile={state}/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+# No cgroups: processes tracked through /proc, no task containment.
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+# No slurmdbd: sacct does not work, jobs are followed with squeue; every finished job is written
+# to a text file (the job history the test checks).
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/filetxt
+JobCompLoc={state}/jobcomp.log
+# Finished jobs stay visible to squeue for an hour (the plugin wants >= 3 x its first status wait).
+MinJobAge=3600
+SchedulerType=sched/backfill
+# CPUs and memory are consumable: --cpus-per-task and --mem of every job are honoured.
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+MpiDefault=none
+ReturnToService=2
+SlurmdTimeout=60
+InactiveLimit=0
+KillWait=5
+NodeName={node} NodeAddr=127.0.0.1 CPUs=2 RealMemory={real_memory} State=UNKNOWN
+PartitionName={PARTITION} Nodes={node} Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+CGROUP_CONF = f"""{MARKER}; removed when the test ends.
+# Unused (proctrack/linuxproc, task/none): no cgroup is required or constrained.
+ConstrainCores=no
+ConstrainRAMSpace=no
+ConstrainSwapSpace=no
+ConstrainDevices=no
+"""
+
+
+def _wait_for_idle_node(node: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    state = ""
+    while time.monotonic() < deadline:
+        result = _run(["sinfo", "--noheader", "--Node", "--nodes", node, "--format", "%T"], check=False)
+        state = (result.stdout + result.stderr).strip()
+        if result.returncode == 0 and state == "idle":
+            return
+        time.sleep(1)
+    raise RuntimeError(f"SLURM node {node} not idle after {timeout} s (state: {state!r})")
+
+
+def _log_tail(path: Path, n: int = 30) -> str:
+    try:
+        return f"--- {path} ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return f"--- {path}: missing ---"
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    """A running one-node SLURM cluster on this machine; torn down afterwards, whatever happens."""
+    if os.geteuid() != 0:
+        pytest.skip("the SLURM test installs and starts SLURM daemons: it needs root")
+    if not shutil.which("apt-get"):
+        pytest.skip("the SLURM test installs Debian's slurm-wlm and munge: apt-get not found")
+    for name in ("slurm.conf", "cgroup.conf"):
+        existing = SLURM_ETC / name
+        if existing.exists() and MARKER not in existing.read_text(errors="replace"):
+            pytest.skip(f"{existing} exists and was not written by this test: not overwriting a real SLURM setup")
+
+    _install_packages()
+    _stop_leftovers_of_earlier_run()
+
+    node = socket.gethostname().split(".")[0]
+    mem_total_mb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1)) // 1024
+    real_memory = max(1000, mem_total_mb - 2048)
+    # State, logs and spool where pytest keeps them (inspectable after a failure). munged wants
+    # its socket folder reachable by everyone (pytest's folders are private), hence its own folder.
+    state = tmp_path_factory.mktemp("slurm_state")
+    (state / "ctld").mkdir()
+    (state / "spool").mkdir()
+    munge_dir = Path(tempfile.mkdtemp(prefix="pbmc-slurm-munge-"))
+    munge_dir.chmod(0o755)
+    munge_socket, munge_pid = munge_dir / "munge.socket", munge_dir / "munged.pid"
+
+    monkeypatch = pytest.MonkeyPatch()
+    started: list[Path] = []
+    try:
+        # munge: a private key and daemon, used only by this cluster (slurm.conf AuthInfo).
+        _run(["mungekey", "--create", f"--keyfile={munge_dir / 'munge.key'}"])
+        _run(["munged", f"--socket={munge_socket}", f"--key-file={munge_dir / 'munge.key'}",
+              f"--pid-file={munge_pid}", f"--seed-file={munge_dir / 'munged.seed'}",
+              f"--log-file={state / 'munged.log'}"])
+        started.append(munge_pid)
+
+        SLURM_ETC.mkdir(parents=True, exist_ok=True)
+        # Written to the default place: the slurm-jobstep executor drops SLURM_* variables
+        # (SLURM_CONF too) before it calls srun inside a job.
+        (SLURM_ETC / "slurm.conf").write_text(_slurm_conf(node, real_memory, munge_socket, state, munge_pid))
+        (SLURM_ETC / "cgroup.conf").write_text(CGROUP_CONF)
+        monkeypatch.setenv("SLURM_CONF", str(SLURM_ETC / "slurm.conf"))
+        # Jobs inherit this environment (sbatch --export=ALL): the venv's programs come first.
+        monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+        _run(["slurmctld"])
+        started.append(state / "slurmctld.pid")
+        _run(["slurmd", "-N", node])
+        started.append(state / "slurmd.pid")
+        try:
+            _wait_for_idle_node(node)
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}\n{_log_tail(state / 'slurmctld.log')}\n{_log_tail(state / 'slurmd.log')}")
+        yield {"node": node, "state": state, "jobcomp": state / "jobcomp.log", "real_memory": real_memory}
+    finally:
+        for command in (["scancel", "--partition", PARTITION], ["scontrol", "shutdown"]):
+            try:
+                subprocess.run(command, capture_output=True, timeout=30)
+            except (OSError, subprocess.SubprocessError):
+                pass
+        for pidfile in reversed(started):
+            _kill_pidfile(pidfile)
+        for name in ("slurm.conf", "cgroup.conf"):
+            path = SLURM_ETC / name
+            if path.exists() and MARKER in path.read_text(errors="replace"):
+                path.unlink()
+        shutil.rmtree(munge_dir, ignore_errors=True)
+        monkeypatch.undo()
+
+
+# --------------------------------------------------------------------------------------------
+# The runs
+
+
+@pytest.fixture(scope="module")
+def slurm_and_local_runs(slurm_cluster, tmp_path_factory):
+    """A small cohort run locally and through SLURM (profiles/slurm), at the same time."""
+    base = tmp_path_factory.mktemp("slurm_runs")
+    data = simulate(SimulationParams(n_donors=3, cells_per_sample=500, n_genes=1500))
+    sheet = base / "samples.tsv"
+    write_dataset(data, base / "data", sheet, layout="10x_h5")
+    local, slurm = base / "local", base / "slurm"
+    local.mkdir()
+    slurm.mkdir()
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # The SLURM run mostly waits for status checks: the local run, at the lowest CPU priority,
+        # uses those gaps without slowing the SLURM jobs down.
+        local_run = pool.submit(_at_low_priority, run_snakemake, local, *COMPARED, "--config", f"samples={sheet}")
+        # run_snakemake adds --cores 2: with the slurm executor it bounds the cores of a job
+        # (embed_cells' 2 threads fit) and does not conflict with `jobs` of the profile.
+        result = run_snakemake(
+            slurm, *COMPARED, "--profile", str(ROOT / "profiles" / "slurm"), "--config", f"samples={sheet}",
+            # The test cluster has no accounting database: squeue instead of sacct, no account.
+            "--slurm-status-command", "squeue", "--slurm-no-account",
+            # The plugin checks job states this many seconds after the last finished job, then 10 s
+            # later each time (8, 26, 54 s ...): most jobs here take 15-25 s.
+            "--slurm-init-seconds-before-status-checks", "8",
+            "--slurm-keep-successful-logs",
+            check=False, timeout=1200,
+        )
+        local_run.result()
+    if result.returncode != 0:
+        state = slurm_cluster["state"]
+        raise AssertionError(f"snakemake through SLURM failed ({result.returncode}):\n{result.stderr[-8000:]}\n"
+                             f"{_log_tail(state / 'slurmctld.log')}\n{_log_tail(state / 'slurmd.log')}")
+    print(f"local + SLURM runs: {time.monotonic() - started:.0f} s")
+    return local, slurm, result
+
+
+def _at_low_priority(function, *args, **kwargs):
+    """Call function in this thread with nice 19; processes it starts inherit it (Linux: per thread)."""
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    return function(*args, **kwargs)
+
+
+def _submitted_jobs(stderr: str) -> dict[int, dict]:
+    """SLURM job id -> rule, threads, mem_mb, runtime of the job block Snakemake printed before it."""
+    blocks: dict[int, dict] = {}
+    current: dict | None = None
+    submitted: dict[int, dict] = {}
+    for line in stderr.splitlines():
+        start = re.match(r"^(?:local)?(?:rule|checkpoint) (\S+):$", line)
+        if start:
+            current = {"rule": start.group(1), "threads": 1}
+            continue
+        if current is not None and line.startswith("    "):
+            key, _, value = line.strip().partition(": ")
+            if key == "jobid":
+                current["jobid"] = int(value)
+                blocks[int(value)] = current
+            elif key == "threads":
+                current["threads"] = int(value)
+            elif key == "resources":
+                resources = dict(re.findall(r"(\w+)=([^,]+)", value))
+                current["mem_mb"] = int(resources["mem_mb"])
+                current["runtime"] = int(resources["runtime"])
+            continue
+        current = None
+        sub = re.search(r"Job (\d+) has been submitted with SLURM jobid (\d+)", line)
+        if sub:
+            submitted[int(sub.group(2))] = dict(blocks[int(sub.group(1))])
+    return submitted
+
+
+def _jobcomp_records(path: Path) -> dict[int, dict]:
+    records = {}
+    for line in path.read_text().splitlines():
+        fields = dict(token.split("=", 1) for token in line.split() if "=" in token)
+        records[int(fields["JobId"])] = fields
+    return records
+
+
+def _mem_mb(tres: str) -> int:
+    value = dict(item.split("=", 1) for item in tres.split(","))["mem"]
+    number, unit = float(value[:-1]), value[-1]
+    return int(round(number * {"M": 1, "G": 1024, "T": 1024 ** 2}[unit]))
+
+
+def test_every_job_ran_as_a_slurm_job_with_its_rule_resources(slurm_and_local_runs, slurm_cluster):
+    _, slurm, result = slurm_and_local_runs
+    submitted = _submitted_jobs(result.stderr)
+    finished = {int(j): rule for j, rule in re.findall(r"Finished jobid: (\d+) \(Rule: (\S+)\)", result.stderr)}
+    # Every rule job except the target rule `all` (run by Snakemake itself) went through sbatch.
+    assert {job["jobid"] for job in submitted.values()} == {j for j, rule in finished.items() if rule != "all"}
+    assert {"qc_sample", "aggregate_qc", "merge_samples", "embed_cells", "cluster_cells", "assemble_clustered",
+            "annotate_cells", "test_composition", "pseudobulk_cells", "test_de_group",
+            "summarize_de"} <= {job["rule"] for job in submitted.values()}
+    # SLURM's own record of each job (slurmctld's job completion log): finished, in the run folder,
+    # with the CPUs, memory and time limit the rule asked for.
+    records = _jobcomp_records(slurm_cluster["jobcomp"])
+    for slurm_id, job in submitted.items():
+        record = records.get(slurm_id)
+        assert record is not None, f"SLURM job {slurm_id} ({job['rule']}) not in SLURM's job log"
+        assert record["JobState"] == "COMPLETED", (slurm_id, job, record)
+        assert Path(record["WorkDir"]).resolve() == slurm.resolve()
+        assert record["Partition"] == PARTITION
+        assert f"cpu={job['threads']}," in record["Tres"], (job, record["Tres"])
+        assert _mem_mb(record["Tres"]) == job["mem_mb"], (job, record["Tres"])
+        assert int(record["TimeLimit"]) == job["runtime"], (job, record["TimeLimit"])
+    assert any(job["threads"] == 2 for job in submitted.values())  # embed_cells
+    # squeue still lists them (what the plugin's status checks read).
+    queue = subprocess.run(["squeue", "--states=all", "--noheader", "--format=%i|%T"], capture_output=True,
+                           text=True, timeout=30, check=True).stdout
+    states = dict(line.split("|") for line in queue.split())
+    assert all(states.get(str(slurm_id)) == "COMPLETED" for slurm_id in submitted), states
+    # The SLURM log of each job shows Snakemake running the rule on the node.
+    for slurm_id, job in submitted.items():
+        logs = list((slurm / ".snakemake" / "slurm_logs").rglob(f"{slurm_id}.log"))
+        assert len(logs) == 1, (slurm_id, logs)
+        text = logs[0].read_text()
+        assert f"rule {job['rule']}:" in text or f"checkpoint {job['rule']}:" in text, text[-2000:]
+
+
+def _read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", dtype={"barcode": str, "sample": str})
+
+
+def assert_same_table(local: Path, slurm: Path) -> None:
+    """Same rows, columns and values; numbers equal up to 1e-9 relative, NaN where NaN."""
+    a, b = _read(local), _read(slurm)
+    assert list(a.columns) == list(b.columns), (local, list(a.columns), list(b.columns))
+    assert a.shape == b.shape, (local, a.shape, b.shape)
+    for column in a.columns:
+        x, y = a[column], b[column]
+        if pd.api.types.is_float_dtype(x) and pd.api.types.is_float_dtype(y):
+            np.testing.assert_allclose(y.to_numpy(), x.to_numpy(), rtol=1e-9, atol=1e-12, equal_nan=True,
+                                       err_msg=f"{local.name}: {column}")
+        else:
+            assert x.equals(y), f"{local}: column {column} differs:\n{pd.concat([x, y], axis=1)[x.ne(y)].head()}"
+
+
+@pytest.mark.parametrize("table", COMPARED)
+def test_slurm_run_gives_the_local_results(slurm_and_local_runs, table):
+    local, slurm, _ = slurm_and_local_runs
+    assert_same_table(local / table, slurm / table)
+
+
+def test_slurm_run_gives_the_local_clusters_and_umap(slurm_and_local_runs):
+    local, slurm, _ = slurm_and_local_runs
+    a, b = (_read(run / "results" / "clustering" / "clusters.tsv.gz") for run in (local, slurm))
+    leiden = [c for c in a.columns if c.startswith("leiden_")]
+    assert leiden and a[["sample", "barcode", *leiden]].equals(b[["sample", "barcode", *leiden]])
+    # Same threads in both runs (embed_cells: 2), so UMAP agrees too.
+    np.testing.assert_allclose(b[["umap_1", "umap_2"]], a[["umap_1", "umap_2"]], rtol=0, atol=1e-6)
+
+
+def test_slurm_run_gives_the_local_de_tables(slurm_and_local_runs):
+    local, slurm, _ = slurm_and_local_runs
+    names = sorted(p.name for p in (local / "results" / "de").glob("*.tsv"))
+    assert names == sorted(p.name for p in (slurm / "results" / "de").glob("*.tsv"))
+    summary = pd.read_csv(local / "results" / "de" / "summary.tsv", sep="\t", keep_default_na=False)
+    assert (summary["status"] == "tested").sum() >= 3
+    for name in names:
+        if (local / "results" / "de" / name).stat().st_size:
+            assert_same_table(local / "results" / "de" / name, slurm / "results" / "de" / name)

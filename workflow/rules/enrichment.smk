@@ -1,0 +1,92 @@
+# Gene-set enrichment of the paired DE (GSEA prerank, ORA up/down) and donor-level module scores.
+
+
+rule enrich_de:
+    input:
+        tables=de_group_tables,
+        summary="results/de/summary.tsv",
+        pseudobulk="results/de/pseudobulk/pseudobulk.h5ad",
+        composition="results/composition/test.tsv",
+        gmt=config["enrichment"]["gmt"],
+        set_metadata=config["enrichment"]["set_metadata"] or [],
+    output:
+        gsea=report(
+            "results/enrichment/gsea.tsv",
+            caption="../report/enrichment_gsea.rst",
+            category="6. Enrichment",
+            labels={"table": "GSEA"},
+        ),
+        ora=report(
+            "results/enrichment/ora.tsv",
+            caption="../report/enrichment_ora.rst",
+            category="6. Enrichment",
+            labels={"table": "ORA"},
+        ),
+        heatmap_png=report(
+            "results/figures/enrichment/heatmap_gsea.png",
+            caption="../report/enrichment_heatmap.rst",
+            category="6. Enrichment",
+            labels={"figure": "GSEA heatmap"},
+        ),
+        heatmap_pdf="results/figures/enrichment/heatmap_gsea.pdf",
+    params:
+        min_size=config["enrichment"]["min_size"],
+        max_size=config["enrichment"]["max_size"],
+        permutations=config["enrichment"]["permutations"],
+        alpha=config["de"]["alpha"],
+        contrast=config["contrast"],
+        seed=config["seed"],
+    log:
+        "logs/enrich_de.log",
+    benchmark:
+        "benchmarks/enrich_de.tsv"
+    threads: 1
+    resources:
+        mem_mb=scaled(1500),
+        runtime=runtime_min(15),
+    conda:
+        ENV
+    script:
+        "../scripts/enrich_de.py"
+
+
+rule score_gene_sets:
+    input:
+        h5ad="results/merged/clustered.h5ad",
+        cells="results/annotation/cells.tsv.gz",
+        gmt=config["enrichment"]["gmt"],
+        set_metadata=config["enrichment"]["set_metadata"] or [],
+    output:
+        scores=report(
+            "results/enrichment/scores.tsv",
+            caption="../report/enrichment_scores.rst",
+            category="6. Enrichment",
+            labels={"table": "paired module-score test"},
+        ),
+        donor_scores="results/enrichment/donor_scores.tsv",
+        lines_png=report(
+            "results/figures/enrichment/donor_scores.png",
+            caption="../report/enrichment_donor_scores.rst",
+            category="6. Enrichment",
+            labels={"figure": "module scores per donor (headline)"},
+        ),
+        lines_pdf="results/figures/enrichment/donor_scores.pdf",
+    params:
+        contrast=config["contrast"],
+        level=config["de"]["level"],
+        min_genes=config["enrichment"]["score_min_genes"],
+        min_pairs=config["enrichment"]["min_pairs"],
+        headline=config["enrichment"]["headline"],
+        seed=config["seed"],
+    log:
+        "logs/score_gene_sets.log",
+    benchmark:
+        "benchmarks/score_gene_sets.tsv"
+    threads: 1
+    resources:
+        mem_mb=scaled(1500, per_input_mb=2),
+        runtime=runtime_min(15, per_input_mb=0.02),
+    conda:
+        ENV
+    script:
+        "../scripts/score_gene_sets.py"

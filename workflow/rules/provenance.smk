@@ -1,0 +1,74 @@
+# Provenance: what produced the results, for the report and for a paper's methods.
+
+
+rule record_provenance:
+    input:
+        sheet=config["samples"],
+        gmt=config["enrichment"]["gmt"],
+    output:
+        config=report(
+            "results/provenance/config.yaml",
+            caption="../report/provenance_config.rst",
+            category="7. Provenance",
+            labels={"file": "resolved configuration"},
+        ),
+        sheet=report(
+            "results/provenance/samples.tsv",
+            caption="../report/provenance_samples.rst",
+            category="7. Provenance",
+            labels={"file": "sample sheet"},
+        ),
+        gene_sets=report(
+            "results/provenance/gene_sets.gmt",
+            caption="../report/provenance_gene_sets.rst",
+            category="7. Provenance",
+            labels={"file": "gene sets"},
+        ),
+        versions=report(
+            "results/provenance/software_versions.tsv",
+            caption="../report/provenance_versions.rst",
+            category="7. Provenance",
+            labels={"file": "software versions"},
+        ),
+    params:
+        config=config,
+    log:
+        "logs/record_provenance.log",
+    threads: 1
+    resources:
+        mem_mb=scaled(500),
+        runtime=runtime_min(5),
+    conda:
+        ENV
+    script:
+        "../scripts/record_provenance.py"
+
+
+rule summarize_study:
+    input:
+        proportions="results/composition/proportions.tsv",
+        composition="results/composition/test.tsv",
+        donor_scores="results/enrichment/donor_scores.tsv",
+        scores="results/enrichment/scores.tsv",
+        gsea="results/enrichment/gsea.tsv",
+    output:
+        png=report(
+            "results/figures/summary.png",
+            caption="../report/study_summary.rst",
+            category="0. Summary",
+            labels={"figure": "study summary"},
+        ),
+        pdf="results/figures/summary.pdf",
+    params:
+        panels=config["enrichment"]["headline"],
+        contrast=config["contrast"],
+    log:
+        "logs/summarize_study.log",
+    threads: 1
+    resources:
+        mem_mb=scaled(1000),
+        runtime=runtime_min(5),
+    conda:
+        ENV
+    script:
+        "../scripts/summarize_study.py"
