@@ -16,7 +16,6 @@ from dataclasses import dataclass, fields
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scanpy as sc
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +91,8 @@ def mad_bounds(values: np.ndarray, nmads: float) -> tuple[float, float]:
 
 def add_qc_metrics(adata: ad.AnnData, settings: QCSettings) -> None:
     """Add scanpy QC metrics (mito, ribo, hb, top-20 share) to ``obs`` in place."""
+    import scanpy as sc  # here, not at import: the Snakefile imports this module to build the DAG
+
     names = adata.var_names.to_series()
     adata.var["mt"] = names.str.contains(settings.mito_pattern, regex=True).to_numpy()
     adata.var["ribo"] = names.str.contains(settings.ribo_pattern, regex=True).to_numpy()
@@ -146,6 +147,8 @@ def call_doublets(adata: ad.AnnData, settings: QCSettings) -> tuple[pd.Series, p
     Returns scores, calls (both indexed like ``adata.obs``) and the score threshold used. Samples
     with fewer than ``min_cells_for_doublets`` cells get NaN scores and no calls (logged).
     """
+    import scanpy as sc
+
     scores = pd.Series(np.nan, index=adata.obs_names, dtype=float)
     calls = pd.Series(False, index=adata.obs_names, dtype=bool)
     if adata.n_obs < settings.min_cells_for_doublets:
