@@ -12,20 +12,20 @@ rule annotate_cells:
             "results/annotation/clusters.tsv",
             caption="../report/annotation_clusters.rst",
             category="3. Annotation",
-            labels={"table": "cluster labels"},
+            labels={"type": "table", "result": "cluster labels"},
         ),
         umap_png=report(
             "results/figures/annotation/umap_cell_type.png",
             caption="../report/umap_cell_type.rst",
             category="3. Annotation",
-            labels={"figure": "UMAP by cell type"},
+            labels={"type": "figure", "result": "UMAP by cell type"},
         ),
         umap_pdf="results/figures/annotation/umap_cell_type.pdf",
         dotplot_png=report(
             "results/figures/annotation/marker_dotplot_by_cell_type.png",
             caption="../report/marker_dotplot_cell_type.rst",
             category="3. Annotation",
-            labels={"figure": "marker dot plot by cell type and condition"},
+            labels={"type": "figure", "result": "marker dot plot by cell type and condition"},
         ),
         dotplot_pdf="results/figures/annotation/marker_dotplot_by_cell_type.pdf",
     params:

@@ -115,7 +115,7 @@ def composition_figure(level, kind, caption):
         f"results/figures/composition/{kind}_{level}.png",
         caption=f"../report/{caption}",
         category="4. Composition",
-        labels={"level": level, "figure": label},
+        labels={"level": level, "type": "figure", "result": label},
     )
 
 

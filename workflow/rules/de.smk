@@ -40,7 +40,7 @@ rule test_de_group:
             caption="../report/de_table.rst",
             category="5. Differential expression",
             subcategory="{group}",
-            labels={"population": "{group}", "table": "DE results"},
+            labels={"population": "{group}", "type": "table", "result": "DE results"},
         ),
         summary="results/de/per_group/{group}.summary.tsv",
         volcano_png=report(
@@ -48,7 +48,7 @@ rule test_de_group:
             caption="../report/de_volcano.rst",
             category="5. Differential expression",
             subcategory="{group}",
-            labels={"population": "{group}", "figure": "volcano"},
+            labels={"population": "{group}", "type": "figure", "result": "volcano"},
         ),
         volcano_pdf="results/figures/de/volcano_{group}.pdf",
         paired_png=report(
@@ -56,7 +56,7 @@ rule test_de_group:
             caption="../report/de_paired_genes.rst",
             category="5. Differential expression",
             subcategory="{group}",
-            labels={"population": "{group}", "figure": "headline genes per donor"},
+            labels={"population": "{group}", "type": "figure", "result": "headline genes per donor"},
         ),
         paired_pdf="results/figures/de/paired_genes_{group}.pdf",
     params:
@@ -87,14 +87,14 @@ rule summarize_de:
             caption="../report/de_summary.rst",
             category="5. Differential expression",
             subcategory="Overview",
-            labels={"table": "DE summary"},
+            labels={"type": "table", "result": "DE summary"},
         ),
         png=report(
             "results/figures/de/summary.png",
             caption="../report/de_counts.rst",
             category="5. Differential expression",
             subcategory="Overview",
-            labels={"figure": "genes up and down per population"},
+            labels={"type": "figure", "result": "genes up and down per population"},
         ),
         pdf="results/figures/de/summary.pdf",
     params:

@@ -10,25 +10,25 @@ rule record_provenance:
             "results/provenance/config.yaml",
             caption="../report/provenance_config.rst",
             category="7. Provenance",
-            labels={"file": "resolved configuration"},
+            labels={"type": "file", "result": "resolved configuration"},
         ),
         sheet=report(
             "results/provenance/samples.tsv",
             caption="../report/provenance_samples.rst",
             category="7. Provenance",
-            labels={"file": "sample sheet"},
+            labels={"type": "file", "result": "sample sheet"},
         ),
         gene_sets=report(
             "results/provenance/gene_sets.gmt",
             caption="../report/provenance_gene_sets.rst",
             category="7. Provenance",
-            labels={"file": "gene sets"},
+            labels={"type": "file", "result": "gene sets"},
         ),
         versions=report(
             "results/provenance/software_versions.tsv",
             caption="../report/provenance_versions.rst",
             category="7. Provenance",
-            labels={"file": "software versions"},
+            labels={"type": "file", "result": "software versions"},
         ),
     params:
         config=config,
@@ -56,7 +56,7 @@ rule summarize_study:
             "results/figures/summary.png",
             caption="../report/study_summary.rst",
             category="0. Summary",
-            labels={"figure": "study summary"},
+            labels={"type": "figure", "result": "study summary (headline)"},
         ),
         pdf="results/figures/summary.pdf",
     params:

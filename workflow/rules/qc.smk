@@ -13,7 +13,7 @@ rule qc_sample:
             caption="../report/qc_sample.rst",
             category="1. Quality control",
             subcategory="Per sample",
-            labels={"sample": "{sample}", "figure": "QC metrics"},
+            labels={"sample": "{sample}", "type": "figure", "result": "QC metrics"},
         ),
         pdf="results/figures/qc/{sample}.pdf",
     params:
@@ -46,14 +46,14 @@ rule aggregate_qc:
             caption="../report/qc_summary_table.rst",
             category="1. Quality control",
             subcategory="Cohort",
-            labels={"table": "QC summary"},
+            labels={"type": "table", "result": "QC summary"},
         ),
         png=report(
             "results/figures/qc/summary.png",
             caption="../report/qc_summary.rst",
             category="1. Quality control",
             subcategory="Cohort",
-            labels={"figure": "cells kept and removed"},
+            labels={"type": "figure", "result": "cells kept and removed"},
         ),
         pdf="results/figures/qc/summary.pdf",
     params:
