@@ -57,11 +57,13 @@ def test_null_data_give_no_confirmed_gene_set_call(null_run):
     workdir, _ = null_run
     gsea = pd.read_csv(workdir / "results" / "enrichment" / "gsea.tsv", sep="\t")
     sets = pd.read_csv(ROOT / "resources" / "genesets" / "sets.tsv", sep="\t").set_index("gene_set")["category"]
-    claims = gsea[gsea["gene_set"].map(sets).isin(["hypothesis", "positive_control"])]
-    # The study's claims (hypotheses, IL-7 positive controls): nothing is called on null data.
-    assert (claims["call"] == "ns").all(), claims[claims["call"] != "ns"][["cell_type", "gene_set", "fdr", "donor_fdr"]]
-    # Context and artefact sets vary from sample to sample at random here (interferon tone,
-    # handling stress); a calibrated test may call one of them by chance, not routinely.
-    assert (gsea["call"] != "ns").sum() <= 1
+    # "Significant" is the workflow's call: GSEA FDR and the donor-level test's FDR both < 0.05.
+    # On null data nothing is called, in any family (hypotheses, positive controls, context,
+    # artefact) or cell type, and the donor-level test alone finds nothing either. GSEA's own FDR
+    # does fall below 0.05 here for sets whose genes co-vary between samples (interferon tone,
+    # handling stress), which is why it is never used alone (tests/test_enrichment.py, xfails).
+    assert (gsea["call"] == "ns").all(), gsea[gsea["call"] != "ns"][["cell_type", "gene_set", "fdr", "donor_fdr"]]
+    assert not (gsea["donor_fdr"] < 0.05).any(), gsea[gsea["donor_fdr"] < 0.05][["cell_type", "gene_set", "donor_fdr"]]
+    assert sets.reindex(gsea["gene_set"].unique()).notna().all()
     scores = pd.read_csv(workdir / "results" / "enrichment" / "scores.tsv", sep="\t")
     assert not (scores["padj"] < 0.05).any()
