@@ -6,7 +6,7 @@ from pathlib import Path
 import anndata as ad
 import pandas as pd
 
-from pbmc_prepost import enrichment
+from pbmc_prepost import enrichment, plots
 from pbmc_prepost.pseudobulk_de import safe_names
 from pbmc_prepost.runtime import start_job
 from pbmc_prepost.samplesheet import Contrast
@@ -34,7 +34,9 @@ for label, table in tables.items():
     pb_group = pseudobulk[pseudobulk.obs[level].astype(str).to_numpy() == label]
     donor_tests.append(enrichment.paired_set_test(pb_group, table["gene"], library, contrast, p.min_size)
                        .assign(cell_type=label))
-donor = pd.concat(donor_tests, ignore_index=True).drop(columns=["n_genes", "n_pairs"])
+donor_columns = [c for c in enrichment.DONOR_SET_COLUMNS if c not in ("n_genes", "n_pairs")] + ["cell_type"]
+donor = (pd.concat(donor_tests, ignore_index=True).drop(columns=["n_genes", "n_pairs"]) if donor_tests
+         else pd.DataFrame(columns=donor_columns))
 gsea = gsea.merge(donor, on=["cell_type", "gene_set"], how="left")
 gsea["call"] = [enrichment.confirmed_call(r.fdr, r.NES, r.donor_fdr, r.donor_shift, p.alpha) for r in gsea.itertuples()]
 
@@ -63,6 +65,15 @@ ora = guards(ora)
 gsea.to_csv(smk.output.gsea, sep="\t", index=False, float_format="%.6g")
 ora.to_csv(smk.output.ora, sep="\t", index=False, float_format="%.6g")
 log.info("confirmed calls:\n%s", gsea.loc[gsea["call"] != "ns", ["cell_type", "gene_set", "NES", "fdr", "donor_fdr", "call"]].to_string(index=False))
+if not tables:
+    # Fewer than min_pairs complete donor pairs in every population: DE was not tested, so there
+    # is nothing to enrich. The tables keep their header; the figure says why.
+    reason = "; ".join(f"{r.cell_type}: {r.reason}" for r in summary.itertuples() if r.reason) or "no population tested"
+    log.warning("no population was tested for DE, so no enrichment: %s", reason)
+    plots.message_figure("Gene-set enrichment", "No population was tested for differential expression "
+                         f"(see results/de/summary.tsv), so there is no enrichment.\n{reason[:300]}",
+                         [smk.output.heatmap_png, smk.output.heatmap_pdf])
+    raise SystemExit(0)
 # Stars mark calls that both tests confirm (the larger of the two FDRs, same direction).
 marked = gsea.assign(fdr=[max(r.fdr, r.donor_fdr) if r.call in ("up", "down") else 1.0 for r in gsea.itertuples()])
 marked.loc[gsea["NES"].isna(), "fdr"] = float("nan")
