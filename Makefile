@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-lock
 CORES ?= all
 
-.PHONY: run test report example lock lint clean
+.PHONY: run test report example lock lint benchmark clean
 
 $(STAMP): requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ report: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
 
+# Time and memory of the workflow against a single-process scanpy script at 10k-200k simulated
+# cells; writes docs/benchmarks.md (about 1.5 hours on 2 cores; SIZES="10000 50000" for a quick one).
+SIZES ?= 10000 50000 100000 200000
+benchmark: $(STAMP)
+	$(BIN)/python tools/benchmark/run_benchmarks.py --sizes $(SIZES)
+
 # Regenerate the embedded example (resources/example/ and config/samples.tsv) with the simulator.
 example: $(STAMP)
 	rm -rf resources/example
@@ -45,4 +51,4 @@ lock:
 	$(PYTHON) tools/write_envs.py
 
 clean:
-	rm -rf results logs benchmarks .snakemake report.html
+	rm -rf results logs benchmarks .snakemake report.html .benchmark-runs

@@ -629,11 +629,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cells-per-sample", type=int)
     parser.add_argument("--n-genes", type=int)
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--library-median", type=float, help="median UMIs per healthy cell")
     parser.add_argument("--null", action="store_true", help="no treatment effect")
     args = parser.parse_args(argv)
     params = PRESETS[args.preset]
     overrides = {k: v for k, v in {"n_donors": args.n_donors, "cells_per_sample": args.cells_per_sample,
-                                   "n_genes": args.n_genes, "seed": args.seed}.items() if v is not None}
+                                   "n_genes": args.n_genes, "seed": args.seed,
+                                   "library_median": args.library_median}.items() if v is not None}
     if args.null:
         overrides["treatment_effect"] = False
     params = SimulationParams(**{**asdict(params), **overrides})

@@ -1,0 +1,382 @@
+"""Benchmark the workflow against the single-process scanpy script, at several dataset sizes.
+
+For each size it simulates 8 donors x pre/post (16 samples, 10x .h5 files) with the project's
+simulator, runs the whole workflow from scratch (QC to enrichment, every cell type) with
+``--cores N``, then runs ``scanpy_baseline.py`` (the script a user would write instead) on the same
+files. Both are timed wall-clock in this one invocation; peak memory is sampled every 0.2 s as the
+summed RSS of each run's process tree (for the workflow: Snakemake plus every job it runs at once).
+Per-rule seconds and peak RSS come from the rules' ``benchmark:`` files. It also times the
+per-sample stage alone with ``--cores 1`` and ``--cores N``.
+
+Usage (``make benchmark`` runs the default sizes)::
+
+    python tools/benchmark/run_benchmarks.py --sizes 10000 50000 100000 200000 --out docs/benchmarks.md
+
+Simulated data are cached under ``--workdir`` (default ``.benchmark-runs/``, git-ignored) and
+reused; workflow and script outputs there are redone every time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from importlib.metadata import version
+from pathlib import Path
+
+import h5py
+import pandas as pd
+import psutil
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+N_DONORS = 8
+N_GENES = 19000  # nearly all protein-coding genes of the simulator's universe (real data: ~20k detected)
+LIBRARY_MEDIAN = 4000.0  # UMIs per cell, typical of 10x 3' v3 PBMC
+DOUBLET_AND_SIZE_FACTOR = 1.07  # simulator: +5 % doublets, log-normal sample sizes (mean ~1.02)
+
+
+@dataclass
+class Run:
+    """Wall seconds and peak memory of one measured command."""
+
+    seconds: float
+    peak_rss_gib: float
+    returncode: int
+    log: Path
+    extra: dict = field(default_factory=dict)
+
+
+def tree_rss(process: psutil.Process) -> int:
+    """Summed resident memory of a process and all its descendants, in bytes."""
+    total = 0
+    for proc in [process, *process.children(recursive=True)]:
+        try:
+            total += proc.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
+def measure(command: list[str], log: Path, cwd: Path, env: dict | None = None) -> Run:
+    """Run ``command``, sampling the peak summed RSS of its process tree."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    peak = 0
+    with open(log, "w") as handle:
+        start = time.perf_counter()
+        child = subprocess.Popen(command, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        process = psutil.Process(child.pid)
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                try:
+                    peak = max(peak, tree_rss(process))
+                except psutil.NoSuchProcess:
+                    return
+                done.wait(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        returncode = child.wait()
+        seconds = time.perf_counter() - start
+        done.set()
+        sampler.join()
+    return Run(seconds, peak / 2**30, returncode, log)
+
+
+def environment() -> dict:
+    """Environment for every run: the project's numba cache, so no job recompiles."""
+    return {**os.environ, "NUMBA_CACHE_DIR": str(ROOT / ".cache" / "numba"),
+            "MPLCONFIGDIR": str(ROOT / ".cache" / "matplotlib"), "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
+
+
+def simulate(size: int, workdir: Path) -> Path:
+    """Simulate (once; cached) a dataset of about ``size`` barcodes and return its sample sheet."""
+    folder = workdir / f"data_{size}"
+    sheet = folder / "samples.tsv"
+    if sheet.exists():
+        return sheet
+    shutil.rmtree(folder, ignore_errors=True)
+    cells_per_sample = round(size / (2 * N_DONORS) / DOUBLET_AND_SIZE_FACTOR)
+    command = [sys.executable, "-m", "pbmc_prepost.simulate", "--preset", "example",
+               "--n-donors", str(N_DONORS), "--cells-per-sample", str(cells_per_sample),
+               "--n-genes", str(N_GENES), "--library-median", str(LIBRARY_MEDIAN),
+               "--layout", "10x_h5", "--outdir", str(folder / "counts"), "--sheet", str(folder / "tmp.tsv")]
+    print(f"simulating {size} cells ...", flush=True)
+    subprocess.run(command, check=True, env=environment(), cwd=ROOT)
+    (folder / "tmp.tsv").rename(sheet)  # the sheet last: its presence marks a complete dataset
+    return sheet
+
+
+def subsample(source: Path, size: int, workdir: Path) -> Path:
+    """A smaller dataset (cached): the first share of every sample's barcodes of a larger one.
+
+    The simulator writes barcodes in random order, so this is a random subsample of each sample
+    that keeps composition and effects; it saves simulating every size (minutes per size).
+    """
+    sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
+    from pbmc_prepost import io as count_io
+
+    folder = workdir / f"data_{size}"
+    sheet = folder / "samples.tsv"
+    if sheet.exists():
+        return sheet
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "counts").mkdir(parents=True)
+    table = pd.read_csv(source, sep="\t", dtype=str, keep_default_na=False)
+    share = size / n_barcodes(source)
+    paths = []
+    for row in table.itertuples():
+        adata = count_io.read_counts(row.path, "10x_h5")
+        adata = adata[: max(1, round(adata.n_obs * share))].copy()
+        path = folder / "counts" / Path(row.path).name
+        count_io.write_10x_h5(adata, path, compression_level=1)
+        paths.append(str(path))
+    table["path"] = paths
+    table.to_csv(folder / "tmp.tsv", sep="\t", index=False)
+    (folder / "tmp.tsv").rename(sheet)
+    return sheet
+
+
+def snakemake_command(rundir: Path, sheet: Path, cores: int, *targets: str) -> list[str]:
+    return [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(rundir),
+            "--configfile", str(ROOT / "config" / "config.yaml"), "--config", f"samples={sheet}",
+            "--cores", str(cores), "--quiet", "progress", *targets]
+
+
+def run_workflow(sheet: Path, rundir: Path, cores: int, *targets: str) -> Run:
+    shutil.rmtree(rundir, ignore_errors=True)
+    rundir.mkdir(parents=True)
+    return measure(snakemake_command(rundir, sheet, cores, *targets), rundir / "snakemake.log", rundir, environment())
+
+
+def run_baseline(sheet: Path, outdir: Path) -> Run:
+    shutil.rmtree(outdir, ignore_errors=True)
+    outdir.mkdir(parents=True)
+    script = ROOT / "tools" / "benchmark" / "scanpy_baseline.py"
+    return measure([sys.executable, str(script), str(sheet), str(outdir)], outdir / "baseline.log", outdir,
+                   environment())
+
+
+def rule_table(rundir: Path) -> pd.DataFrame:
+    """Per rule: jobs, summed and longest job seconds, largest job peak RSS (benchmark files)."""
+    rows = []
+    for path in sorted((rundir / "benchmarks").rglob("*.tsv")):
+        rule = path.parent.name if path.parent.name != "benchmarks" else path.stem
+        table = pd.read_csv(path, sep="\t")
+        rows.append({"rule": rule, "s": float(table["s"].iloc[-1]), "max_rss_mb": float(table["max_rss"].iloc[-1])})
+    frame = pd.DataFrame(rows)
+    return (frame.groupby("rule", sort=False)
+            .agg(jobs=("s", "size"), total_s=("s", "sum"), longest_s=("s", "max"), peak_rss_mb=("max_rss_mb", "max"))
+            .sort_values("total_s", ascending=False))
+
+
+def cells_after_qc(rundir: Path) -> int | None:
+    summary = rundir / "results" / "qc" / "summary.tsv"
+    if not summary.exists():
+        return None
+    table = pd.read_csv(summary, sep="\t")
+    return int(table["cells_out"].sum())
+
+
+def n_barcodes(sheet: Path) -> int:
+    """Barcodes in every count file of a sheet (10x .h5: the length of the barcodes dataset)."""
+    table = pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False)
+    total = 0
+    for path in table["path"]:
+        with h5py.File(path, "r") as handle:
+            total += handle["matrix"]["barcodes"].shape[0]
+    return total
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory = psutil.virtual_memory().total / 2**30
+    packages = ", ".join(f"{p} {version(p)}" for p in
+                         ("snakemake", "scanpy", "anndata", "pynndescent", "umap-learn", "leidenalg", "pydeseq2", "gseapy"))
+    return (f"{cpu}; {os.cpu_count()} logical CPUs; {memory:.1f} GiB RAM; {platform.platform()}; "
+            f"Python {platform.python_version()}; {packages}")
+
+
+def scaling_exponent(cells: list[int], values: list[float]) -> float | None:
+    """Slope of log(value) against log(cells): 1 means linear."""
+    if len(cells) < 2:
+        return None
+    xs, ys = [math.log(c) for c in cells], [math.log(v) for v in values]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def warm_up(workdir: Path, cores: int) -> None:
+    """Compile numba code once (cached in .cache/numba) so no measured run pays for it."""
+    folder = workdir / "warmup"
+    sheet = folder / "samples.tsv"
+    if not sheet.exists():
+        subprocess.run([sys.executable, "-m", "pbmc_prepost.simulate", "--preset", "tiny", "--layout", "10x_h5",
+                        "--outdir", str(folder / "counts"), "--sheet", str(sheet)], check=True, env=environment(), cwd=ROOT)
+    print("warming the numba cache (workflow and script on a tiny dataset) ...", flush=True)
+    for run in (run_workflow(sheet, folder / "workflow", cores), run_baseline(sheet, folder / "baseline")):
+        if run.returncode != 0:
+            sys.exit(f"warm-up failed, see {run.log}")
+
+
+def load_record(path: Path) -> dict:
+    """Measurements kept so far (``docs/benchmarks.json``): rows by size, speed-up, provenance."""
+    return json.loads(path.read_text()) if path.exists() else {"rows": {}, "speedup": None}
+
+
+def save_record(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+def write_markdown(path: Path, record: dict) -> None:
+    """docs/benchmarks.md from the record: every row names the invocation that measured it."""
+    rows = sorted(record["rows"].values(), key=lambda r: r["barcodes"])
+    invocations = sorted({(r["date"], r["command"]) for r in rows}
+                         | ({(record["speedup"]["date"], record["speedup"]["command"])} if record["speedup"] else set()))
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `tools/benchmark/run_benchmarks.py` (`make benchmark`) from `docs/benchmarks.json`. "
+        "Each row's workflow and script were measured one after the other in the same invocation, "
+        "so each ratio comes from one run; the invocations:",
+        "",
+        *[f"- {day}: `{command}`" for day, command in invocations],
+        "",
+        f"Machine: {machine()}.",
+        "",
+        f"Data: the project's simulator (`pbmc_prepost.simulate`), {N_DONORS} donors x pre/post = 16 samples "
+        f"as 10x `.h5` files, {N_GENES} genes, median {LIBRARY_MEDIAN:.0f} UMIs per cell, 5 % doublets, "
+        "4 % dying cells, ambient RNA, the planted IL-7 effects; the largest dataset is simulated and the "
+        "smaller ones are random subsamples of each of its samples. The workflow runs from scratch with "
+        "the default config (QC to enrichment, every cell type) and `--cores 2`; the numba cache is warm "
+        "for both contestants.",
+        "",
+        "Baseline: `tools/benchmark/scanpy_baseline.py`, the single-process script a user would write "
+        "with each library's defaults: the same steps (QC, Scrublet, HVG, PCA, neighbors, UMAP, Leiden at "
+        "4 resolutions, Wilcoxon markers on all cells, marker-score labels, pseudobulk PyDESeq2 per "
+        "lineage, GSEA prerank, set scores) in one process.",
+        "",
+        "Peak memory is the largest summed RSS of each run's process tree, sampled every 0.2 s (for the "
+        "workflow: Snakemake plus every job running at that moment).",
+        "",
+        "## Whole run",
+        "",
+        "| barcodes | cells after QC | workflow s | workflow peak GiB | script s | script peak GiB | workflow / script time | measured |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        ratio = f"{r['workflow_s'] / r['script_s']:.2f}" if r.get("script_s") else "n/a"
+        script_s = f"{r['script_s']:.0f}" if r.get("script_s") else "not run"
+        script_gib = f"{r['script_gib']:.2f}" if r.get("script_gib") else "n/a"
+        cells = f"{r['cells']:,}" if r.get("cells") is not None else "n/a"
+        lines.append(f"| {r['barcodes']:,} | {cells} | {r['workflow_s']:.0f} | {r['workflow_gib']:.2f} | "
+                     f"{script_s} | {script_gib} | {ratio} | {r['date']} |")
+    sizes = [r["barcodes"] for r in rows]
+    time_exp = scaling_exponent(sizes, [r["workflow_s"] for r in rows])
+    mem_exp = scaling_exponent(sizes, [r["workflow_gib"] for r in rows])
+    if time_exp is not None:
+        lines += ["", f"Scaling of the workflow with cells (slope of a log-log fit over these sizes; 1 = linear): "
+                      f"time {time_exp:.2f}, peak memory {mem_exp:.2f}."]
+    speedup = record["speedup"]
+    if speedup:
+        lines += ["", "## Parallel per-sample stage", "",
+                  f"The per-sample stage alone (`qc_sample` for the 16 samples of the "
+                  f"{speedup['barcodes']:,}-barcode dataset, target `aggregate_qc`): "
+                  f"`--cores 1` {speedup['one']:.0f} s, `--cores {speedup['cores']}` {speedup['many']:.0f} s, "
+                  f"speed-up {speedup['one'] / speedup['many']:.2f}x ({speedup['date']})."]
+    for r in rows:
+        lines += ["", f"## Per rule, {r['barcodes']:,} barcodes", "",
+                  "From the `benchmark:` files: jobs of the rule, summed and longest job wall seconds, "
+                  "largest peak RSS of one job.", "",
+                  "| rule | jobs | total s | longest s | peak RSS MB |", "|---|---:|---:|---:|---:|"]
+        for rule in r["rules"]:
+            lines.append(f"| {rule['rule']} | {rule['jobs']} | {rule['total_s']:.1f} | {rule['longest_s']:.1f} | "
+                         f"{rule['peak_rss_mb']:.0f} |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 50000, 100000, 200000],
+                        help="approximate barcodes per dataset, measured in this order")
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".benchmark-runs")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--record", type=Path, default=ROOT / "docs" / "benchmarks.json",
+                        help="measurements in machine-readable form; the markdown is written from it")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the record's rows of other sizes (default: start a new record)")
+    parser.add_argument("--speedup-size", type=int,
+                        help="dataset for the --cores 1 vs --cores N per-sample comparison "
+                             "(default: the largest size up to 100000; 0 = skip)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the single-process script")
+    parser.add_argument("--baseline-max", type=int, help="run the single-process script only up to this size")
+    parser.add_argument("--no-warm-up", action="store_true",
+                        help="skip compiling numba code first (when .cache/numba is already warm)")
+    args = parser.parse_args(argv)
+    if args.speedup_size is None:
+        args.speedup_size = max([s for s in args.sizes if s <= 100000] or [min(args.sizes)])
+    command = "python tools/benchmark/run_benchmarks.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    sizes = sorted(set(args.sizes + ([args.speedup_size] if args.speedup_size else [])), reverse=True)
+    # Simulate the largest dataset; the others are subsamples of it.
+    sheets = {sizes[0]: simulate(sizes[0], args.workdir)}
+    for size in sizes[1:]:
+        sheets[size] = subsample(sheets[sizes[0]], size, args.workdir)
+    if not args.no_warm_up:
+        warm_up(args.workdir, args.cores)
+
+    # The table is rewritten after every measurement, so a run stopped early still leaves what it measured.
+    record = load_record(args.record) if args.append else {"rows": {}, "speedup": None}
+    stamp = {"date": date.today().isoformat(), "command": command}
+    for size in args.sizes:
+        sheet = sheets[size]
+        flow = run_workflow(sheet, args.workdir / f"workflow_{size}", args.cores)
+        if flow.returncode != 0:
+            sys.exit(f"workflow failed at {size} cells, see {flow.log}")
+        rules = json.loads(rule_table(flow.log.parent).reset_index().to_json(orient="records"))
+        result = {"barcodes": n_barcodes(sheet), "cells": cells_after_qc(flow.log.parent),
+                  "workflow_s": flow.seconds, "workflow_gib": flow.peak_rss_gib, "rules": rules, **stamp}
+        line = f"{result['barcodes']:>8,} barcodes: workflow {flow.seconds:7.1f} s, peak {flow.peak_rss_gib:5.2f} GiB"
+        if not args.no_baseline and (args.baseline_max is None or size <= args.baseline_max):
+            script = run_baseline(sheet, args.workdir / f"baseline_{size}")
+            if script.returncode != 0:
+                sys.exit(f"baseline script failed at {size} cells, see {script.log}")
+            result.update(script_s=script.seconds, script_gib=script.peak_rss_gib)
+            line += (f"; script {script.seconds:7.1f} s, peak {script.peak_rss_gib:5.2f} GiB; "
+                     f"ratio workflow/script {flow.seconds / script.seconds:.2f}")
+        print(line, flush=True)
+        record["rows"][str(size)] = result
+        save_record(args.record, record)
+        write_markdown(args.out, record)
+        if size == args.speedup_size:
+            one = run_workflow(sheet, args.workdir / "qc_cores1", 1, "aggregate_qc")
+            many = run_workflow(sheet, args.workdir / f"qc_cores{args.cores}", args.cores, "aggregate_qc")
+            if one.returncode or many.returncode:
+                sys.exit(f"per-sample stage failed, see {one.log} / {many.log}")
+            speedup = {"barcodes": n_barcodes(sheet), "cores": args.cores, "one": one.seconds, "many": many.seconds, **stamp}
+            record["speedup"] = speedup
+            print(f"per-sample stage: --cores 1 {one.seconds:.1f} s, --cores {args.cores} {many.seconds:.1f} s, "
+                  f"speed-up {one.seconds / many.seconds:.2f}x", flush=True)
+            save_record(args.record, record)
+            write_markdown(args.out, record)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
