@@ -68,13 +68,17 @@ def _run(command: list[str], timeout: int = 60, check: bool = True, **kwargs) ->
     return result
 
 
+# Another test (test_report.py installs chromium) may hold the dpkg lock at the same time.
+APT_LOCK_WAIT = ["-o", "DPkg::Lock::Timeout=600"]
+
+
 def _install_packages() -> None:
     """apt-get install slurm-wlm and munge, unless their programs are already there."""
     if all(shutil.which(b) or Path("/usr/sbin", b).exists() for b in BINARIES):
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    _run(["apt-get", "update"], timeout=600, env=env)
-    _run(["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES], timeout=900, env=env)
+    _run(["apt-get", *APT_LOCK_WAIT, "update"], timeout=600, env=env)
+    _run(["apt-get", *APT_LOCK_WAIT, "install", "-y", "--no-install-recommends", *PACKAGES], timeout=900, env=env)
 
 
 def _kill_pidfile(pidfile: Path, wait: float = 15) -> None:
