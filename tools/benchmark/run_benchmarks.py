@@ -152,7 +152,7 @@ def subsample(source: Path, size: int, workdir: Path) -> Path:
 def snakemake_command(rundir: Path, sheet: Path, cores: int, *targets: str) -> list[str]:
     return [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(rundir),
             "--configfile", str(ROOT / "config" / "config.yaml"), "--config", f"samples={sheet}",
-            "--cores", str(cores), "--quiet", "progress", *targets]
+            "--cores", str(cores), *targets, "--quiet", "progress"]  # targets first: --quiet takes several words
 
 
 def run_workflow(sheet: Path, rundir: Path, cores: int, *targets: str) -> Run:
