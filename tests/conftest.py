@@ -14,16 +14,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 
 
-def pytest_collection_modifyitems(config, items):
-    """Groups for pytest-xdist (``--dist loadgroup``): one worker per module, and every module that
-    uses the session's ``example_run`` on the same worker, so that no fixture runs twice."""
-    uses_example = {item.module.__name__ for item in items if "example_run" in getattr(item, "fixturenames", ())}
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            module = item.module.__name__
-            item.add_marker(pytest.mark.xdist_group("example_run" if module in uses_example else module))
-
-
 def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1500) -> subprocess.CompletedProcess:
     """Run the project's workflow through Snakemake's command line in ``workdir``."""
     env = {**os.environ, "NUMBA_CACHE_DIR": str(ROOT / ".cache" / "numba")}
