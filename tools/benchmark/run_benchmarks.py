@@ -42,7 +42,7 @@ BIN = Path(sys.executable).parent
 N_DONORS = 8
 N_GENES = 19000  # nearly all protein-coding genes of the simulator's universe (real data: ~20k detected)
 LIBRARY_MEDIAN = 4000.0  # UMIs per cell, typical of 10x 3' v3 PBMC
-DOUBLET_AND_SIZE_FACTOR = 1.07  # simulator: +5 % doublets, log-normal sample sizes (mean ~1.02)
+DOUBLET_AND_SIZE_FACTOR = 1.03  # barcodes per requested cell: +5 % doublets, log-normal sizes, empty droplets dropped (1.07 gave 192,687 for 200k)
 
 
 @dataclass
