@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from conftest import run_snakemake
+from conftest import apt_install, run_snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -73,14 +73,7 @@ def _chromium() -> str:
         pytest.skip("chromium is not installed, and installing it with apt-get needs root")
     if not shutil.which("apt-get"):
         pytest.skip("chromium is not installed, and apt-get (to install Debian's chromium) was not found")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    lock = ["-o", "DPkg::Lock::Timeout=600"]  # another test (test_slurm.py) may be installing too
-    for command, timeout in ((["apt-get", *lock, "update"], 600),
-                             (["apt-get", *lock, "install", "-y", "--no-install-recommends", "chromium"], 900)):
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
-                               f"{result.stderr[-3000:]}")
+    apt_install("chromium")
     found = shutil.which("chromium")
     assert found, "apt-get installed chromium, but no chromium program is on PATH"
     return found

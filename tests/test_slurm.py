@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_snakemake
+from conftest import ROOT, apt_install, run_snakemake
 from pbmc_prepost.simulate import SimulationParams, simulate, write_dataset
 
 pytestmark = pytest.mark.workflow
@@ -68,17 +68,10 @@ def _run(command: list[str], timeout: int = 60, check: bool = True, **kwargs) ->
     return result
 
 
-# Another test (test_report.py installs chromium) may hold the dpkg lock at the same time.
-APT_LOCK_WAIT = ["-o", "DPkg::Lock::Timeout=600"]
-
-
 def _install_packages() -> None:
     """apt-get install slurm-wlm and munge, unless their programs are already there."""
-    if all(shutil.which(b) or Path("/usr/sbin", b).exists() for b in BINARIES):
-        return
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    _run(["apt-get", *APT_LOCK_WAIT, "update"], timeout=600, env=env)
-    _run(["apt-get", *APT_LOCK_WAIT, "install", "-y", "--no-install-recommends", *PACKAGES], timeout=900, env=env)
+    if not all(shutil.which(b) or Path("/usr/sbin", b).exists() for b in BINARIES):
+        apt_install(*PACKAGES)
 
 
 def _kill_pidfile(pidfile: Path, wait: float = 15) -> None:

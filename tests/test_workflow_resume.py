@@ -21,7 +21,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from conftest import ROOT, SNAKEMAKE, absolute_sheet, run_snakemake
+from conftest import ROOT, SNAKEMAKE_ENV, absolute_sheet, run_snakemake, snakemake_command
 
 pytestmark = pytest.mark.workflow
 
@@ -64,13 +64,10 @@ def resumed_run(tmp_path_factory) -> SimpleNamespace:
     workdir = tmp_path_factory.mktemp("resumed_run")
     sheet = absolute_sheet(ROOT / "config" / "samples.tsv", ROOT, workdir / "samples.tsv")
     config = ("--config", f"samples={sheet}")
-    # conftest.run_snakemake's command line, in a process group of its own so that one kill takes the jobs too.
-    command = [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(ROOT / "config" / "config.yaml"), "--cores", "2", *config]
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(ROOT / ".cache" / "numba")}
     with open(workdir / "killed_run.log", "w") as log:
-        proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        # A process group of its own, so that one kill takes the jobs too.
+        proc = subprocess.Popen(snakemake_command(workdir, *config), cwd=workdir, env=SNAKEMAKE_ENV, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + 1200
             while not kill_point_reached(workdir):
