@@ -65,7 +65,15 @@ ora = guards(ora)
 gsea.to_csv(smk.output.gsea, sep="\t", index=False, float_format="%.6g")
 ora.to_csv(smk.output.ora, sep="\t", index=False, float_format="%.6g")
 log.info("confirmed calls:\n%s", gsea.loc[gsea["call"] != "ns", ["cell_type", "gene_set", "NES", "fdr", "donor_fdr", "call"]].to_string(index=False))
-if not tables:
+if tables:
+    # Stars mark calls that both tests confirm (the larger of the two FDRs, same direction).
+    marked = gsea.assign(fdr=[max(r.fdr, r.donor_fdr) if r.call in ("up", "down") else 1.0 for r in gsea.itertuples()])
+    marked.loc[gsea["NES"].isna(), "fdr"] = float("nan")
+    enrichment.headline_heatmap(marked, library.meta, [smk.output.heatmap_png, smk.output.heatmap_pdf],
+                                footnote=("* / ** : GSEA FDR and donor-level set test FDR both < 0.05 / 0.01 in the same "
+                                          "direction. Colour: GSEA NES. Grey hatched: not tested. Framed: population the set "
+                                          "is meant for."))
+else:
     # Fewer than min_pairs complete donor pairs in every population: DE was not tested, so there
     # is nothing to enrich. The tables keep their header; the figure says why.
     reason = "; ".join(f"{r.cell_type}: {r.reason}" for r in summary.itertuples() if r.reason) or "no population tested"
@@ -73,11 +81,3 @@ if not tables:
     plots.message_figure("Gene-set enrichment", "No population was tested for differential expression "
                          f"(see results/de/summary.tsv), so there is no enrichment.\n{reason[:300]}",
                          [smk.output.heatmap_png, smk.output.heatmap_pdf])
-    raise SystemExit(0)
-# Stars mark calls that both tests confirm (the larger of the two FDRs, same direction).
-marked = gsea.assign(fdr=[max(r.fdr, r.donor_fdr) if r.call in ("up", "down") else 1.0 for r in gsea.itertuples()])
-marked.loc[gsea["NES"].isna(), "fdr"] = float("nan")
-enrichment.headline_heatmap(marked, library.meta, [smk.output.heatmap_png, smk.output.heatmap_pdf],
-                            footnote=("* / ** : GSEA FDR and donor-level set test FDR both < 0.05 / 0.01 in the same "
-                                      "direction. Colour: GSEA NES. Grey hatched: not tested. Framed: population the set "
-                                      "is meant for."))
