@@ -28,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from importlib.metadata import version
 from pathlib import Path
@@ -38,6 +38,8 @@ import pandas as pd
 import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
+from pbmc_prepost import io as count_io  # noqa: E402
 BIN = Path(sys.executable).parent
 N_DONORS = 8
 N_GENES = 19000  # nearly all protein-coding genes of the simulator's universe (real data: ~20k detected)
@@ -53,7 +55,6 @@ class Run:
     peak_rss_gib: float
     returncode: int
     log: Path
-    extra: dict = field(default_factory=dict)
 
 
 def tree_rss(process: psutil.Process) -> int:
@@ -101,6 +102,12 @@ def environment() -> dict:
             "MPLCONFIGDIR": str(ROOT / ".cache" / "matplotlib"), "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
 
 
+def run_simulator(outdir: Path, sheet: Path, *options: str) -> None:
+    """The project's simulator (``python -m pbmc_prepost.simulate``) writing 10x .h5 files."""
+    subprocess.run([sys.executable, "-m", "pbmc_prepost.simulate", *options, "--layout", "10x_h5",
+                    "--outdir", str(outdir), "--sheet", str(sheet)], check=True, env=environment(), cwd=ROOT)
+
+
 def simulate(size: int, workdir: Path) -> Path:
     """Simulate (once; cached) a dataset of about ``size`` barcodes and return its sample sheet."""
     folder = workdir / f"data_{size}"
@@ -109,12 +116,10 @@ def simulate(size: int, workdir: Path) -> Path:
         return sheet
     shutil.rmtree(folder, ignore_errors=True)
     cells_per_sample = round(size / (2 * N_DONORS) / DOUBLET_AND_SIZE_FACTOR)
-    command = [sys.executable, "-m", "pbmc_prepost.simulate", "--preset", "example",
-               "--n-donors", str(N_DONORS), "--cells-per-sample", str(cells_per_sample),
-               "--n-genes", str(N_GENES), "--library-median", str(LIBRARY_MEDIAN),
-               "--layout", "10x_h5", "--outdir", str(folder / "counts"), "--sheet", str(folder / "tmp.tsv")]
     print(f"simulating {size} cells ...", flush=True)
-    subprocess.run(command, check=True, env=environment(), cwd=ROOT)
+    run_simulator(folder / "counts", folder / "tmp.tsv", "--preset", "example", "--n-donors", str(N_DONORS),
+                  "--cells-per-sample", str(cells_per_sample), "--n-genes", str(N_GENES),
+                  "--library-median", str(LIBRARY_MEDIAN))
     (folder / "tmp.tsv").rename(sheet)  # the sheet last: its presence marks a complete dataset
     return sheet
 
@@ -125,9 +130,6 @@ def subsample(source: Path, size: int, workdir: Path) -> Path:
     The simulator writes barcodes in random order, so this is a random subsample of each sample
     that keeps composition and effects; it saves simulating every size (minutes per size).
     """
-    sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
-    from pbmc_prepost import io as count_io
-
     folder = workdir / f"data_{size}"
     sheet = folder / "samples.tsv"
     if sheet.exists():
@@ -232,8 +234,7 @@ def warm_up(workdir: Path, cores: int) -> None:
     folder = workdir / "warmup"
     sheet = folder / "samples.tsv"
     if not sheet.exists():
-        subprocess.run([sys.executable, "-m", "pbmc_prepost.simulate", "--preset", "tiny", "--layout", "10x_h5",
-                        "--outdir", str(folder / "counts"), "--sheet", str(sheet)], check=True, env=environment(), cwd=ROOT)
+        run_simulator(folder / "counts", sheet, "--preset", "tiny")
     print("warming the numba cache (workflow and script on a tiny dataset) ...", flush=True)
     for run in (run_workflow(sheet, folder / "workflow", cores), run_baseline(sheet, folder / "baseline")):
         if run.returncode != 0:
@@ -347,9 +348,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.speedup_size is None:
         args.speedup_size = max([s for s in args.sizes if s <= 100000] or [min(args.sizes)])
+    if args.speedup_size and args.speedup_size not in args.sizes:
+        parser.error(f"--speedup-size {args.speedup_size} must be one of --sizes (it runs after that size)")
     command = "python tools/benchmark/run_benchmarks.py " + " ".join(argv if argv is not None else sys.argv[1:])
     args.workdir.mkdir(parents=True, exist_ok=True)
-    sizes = sorted(set(args.sizes + ([args.speedup_size] if args.speedup_size else [])), reverse=True)
+    sizes = sorted(set(args.sizes), reverse=True)
     # Simulate the largest dataset; the others are subsamples of it.
     sheets = {sizes[0]: simulate(sizes[0], args.workdir)}
     for size in sizes[1:]:
@@ -360,6 +363,11 @@ def main(argv: list[str] | None = None) -> None:
     # The table is rewritten after every measurement, so a run stopped early still leaves what it measured.
     record = load_record(args.record) if args.append else {"rows": {}, "speedup": None}
     stamp = {"date": date.today().isoformat(), "command": command}
+
+    def publish() -> None:
+        save_record(args.record, record)
+        write_markdown(args.out, record)
+
     for size in args.sizes:
         sheet = sheets[size]
         flow = run_workflow(sheet, args.workdir / f"workflow_{size}", args.cores)
@@ -379,19 +387,17 @@ def main(argv: list[str] | None = None) -> None:
                      f"ratio workflow/script {flow.seconds / script.seconds:.2f}")
         print(line, flush=True)
         record["rows"][str(size)] = result
-        save_record(args.record, record)
-        write_markdown(args.out, record)
+        publish()
         if size == args.speedup_size:
             one = run_workflow(sheet, args.workdir / "qc_cores1", 1, "aggregate_qc")
             many = run_workflow(sheet, args.workdir / f"qc_cores{args.cores}", args.cores, "aggregate_qc")
             if one.returncode or many.returncode:
                 sys.exit(f"per-sample stage failed, see {one.log} / {many.log}")
-            speedup = {"barcodes": n_barcodes(sheet), "cores": args.cores, "one": one.seconds, "many": many.seconds, **stamp}
-            record["speedup"] = speedup
+            record["speedup"] = {"barcodes": result["barcodes"], "cores": args.cores, "one": one.seconds,
+                                 "many": many.seconds, **stamp}
             print(f"per-sample stage: --cores 1 {one.seconds:.1f} s, --cores {args.cores} {many.seconds:.1f} s, "
                   f"speed-up {one.seconds / many.seconds:.2f}x", flush=True)
-            save_record(args.record, record)
-            write_markdown(args.out, record)
+            publish()
     print(f"wrote {args.out}")
 
 
