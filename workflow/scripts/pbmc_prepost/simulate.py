@@ -137,6 +137,10 @@ for _subset, _fold in IL7R_LEVEL.items():
 # Unnamed genes per program / subset: the breadth of real cell-type differences.
 HIDDEN_LINEAGE_GENES = 150
 HIDDEN_SUBSET_GENES = 25
+# Gene count the program sizes above are tuned for (the example). With more genes (real data: about
+# 20k detected) the programs grow in proportion and the unnamed genes share the same UMI mass, so
+# markers and programs keep their share of each cell's UMIs instead of drowning in extra genes.
+REFERENCE_GENES = 3000
 
 CELL_CYCLE_GENES = [
     "MCM2", "MCM4", "MCM5", "MCM6", "PCNA", "TYMS", "FEN1", "RRM1", "RRM2", "UNG", "GINS2", "CDC6",
@@ -232,6 +236,7 @@ def _gene_universe(params: SimulationParams, rng: np.random.Generator) -> pd.Dat
     pool = sorted(symbols - set(named))
     fill = list(rng.choice(pool, size=n_fill, replace=False))
     genes = table.set_index("symbol").loc[named + fill].reset_index()
+    genes["named"] = np.arange(len(genes)) < len(named)
     return genes
 
 
@@ -253,6 +258,8 @@ def _build_profiles(genes: pd.DataFrame, params: SimulationParams, rng: np.rando
     subsets = list(LINEAGE)
     # Baseline: log-normal abundances; named markers start low so that they mark.
     base = rng.normal(0.0, 1.4, n_genes)
+    scale = max(1.0, n_genes / REFERENCE_GENES)
+    base[~genes["named"].to_numpy()] -= np.log(scale)  # the unnamed genes' total UMI mass stays put
     is_mito = np.char.startswith(symbols.astype(str), "MT-")
     is_ribo = np.array([bool(re.fullmatch(r"RP[SL]\d+[A-Z]?\d*", g)) for g in symbols])
     base[is_ribo] = rng.normal(3.9, 0.5, is_ribo.sum())  # ~20-30 % of UMIs, as in PBMC
@@ -282,7 +289,7 @@ def _build_profiles(genes: pd.DataFrame, params: SimulationParams, rng: np.rando
     fill_idx = fill_idx[base[fill_idx] < np.quantile(base[fill_idx], 0.75)]
     hidden = {}
     for program in list(LINEAGE_MARKERS) + subsets + [f"own:{s}" for s in subsets if not SUBSET_PROGRAMS[s]]:
-        n = HIDDEN_SUBSET_GENES if program in subsets else HIDDEN_LINEAGE_GENES
+        n = round((HIDDEN_SUBSET_GENES if program in subsets else HIDDEN_LINEAGE_GENES) * scale)
         hidden[program] = rng.choice(fill_idx, size=n, replace=False)
     for k, subset in enumerate(subsets):
         for program in SUBSET_PROGRAMS[subset]:
@@ -296,7 +303,7 @@ def _build_profiles(genes: pd.DataFrame, params: SimulationParams, rng: np.rando
         log_expr[k, hidden[subset]] += rng.normal(1.1, 0.3, len(hidden[subset])) * ln2
         if not SUBSET_PROGRAMS[subset]:
             # pDC, plasmablasts and platelets are lineages of their own: a broad private program.
-            log_expr[k, hidden[f"own:{subset}"]] += rng.normal(2.0, 0.5, HIDDEN_LINEAGE_GENES) * ln2
+            log_expr[k, hidden[f"own:{subset}"]] += rng.normal(2.0, 0.5, len(hidden[f"own:{subset}"])) * ln2
         if subset in T_SUBSETS:
             # Lymphocytes, naive T most, are the most ribosome-rich PBMC.
             log_expr[k, is_ribo] += 0.6 if "naive" in subset else 0.3
