@@ -159,7 +159,7 @@ def call_doublets(adata: ad.AnnData, settings: QCSettings) -> tuple[pd.Series, p
     n_comps = int(min(settings.n_prin_comps, work.n_obs - 1, work.n_vars - 1))
     sc.pp.scrublet(work, expected_doublet_rate=settings.expected_doublet_rate,
                    sim_doublet_ratio=settings.sim_doublet_ratio, n_prin_comps=n_comps,
-                   random_state=settings.seed, verbose=False)
+                   random_state=settings.seed, verbose=False, use_approx_neighbors=False)
     values = work.obs["doublet_score"].to_numpy()
     scores[:] = values
     if settings.doublet_call == "expected_rate":
