@@ -39,3 +39,37 @@ def start_job(log_path: str | None, threads: int = 1, seed: int = 0) -> logging.
     sc.settings.n_jobs = threads
     sc.settings.verbosity = 1
     return logger
+
+
+# Modules whose numba functions a kNN graph and UMAP compile (scanpy -> pynndescent, umap-learn).
+NUMBA_MODULES = ("pynndescent.distances", "pynndescent.utils", "pynndescent.rp_trees",
+                 "pynndescent.sparse", "pynndescent.sparse_nndescent", "pynndescent.graph_utils",
+                 "pynndescent.threaded_rp_trees", "pynndescent.pynndescent_", "umap.utils",
+                 "umap.distances", "umap.sparse", "umap.layouts", "umap.spectral", "umap.umap_")
+
+
+def cache_numba_compilation(modules: tuple[str, ...] = NUMBA_MODULES) -> int:
+    """Let numba keep the compiled code of pynndescent and umap on disk (``NUMBA_CACHE_DIR``).
+
+    Most of pynndescent's functions are compiled without ``cache=True``, so a setting of
+    ``NUMBA_CACHE_DIR`` alone does not help them: every new process, hence every Snakemake job,
+    compiled the kNN-graph code again (10-50 s). Turning the cache on for each compiled function
+    after import makes the first job compile and every later job load the machine code.
+
+    Returns
+    -------
+    int
+        How many functions had their cache turned on.
+    """
+    import importlib
+
+    from numba.core.caching import NullCache
+    from numba.core.registry import CPUDispatcher
+
+    enabled = 0
+    for name in modules:
+        for value in vars(importlib.import_module(name)).values():
+            if isinstance(value, CPUDispatcher) and isinstance(value._cache, NullCache):
+                value.enable_caching()
+                enabled += 1
+    return enabled
