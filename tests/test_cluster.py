@@ -115,3 +115,17 @@ def test_cluster_markers_find_planted_markers(samples):
     top = markers.groupby("cluster", observed=True)["gene"].apply(set)
     assert {"S100A8", "S100A9", "CD14", "LYZ", "VCAN", "FCN1"} & top["CD14 mono"]
     assert {"MS4A1", "CD79A", "CD79B", "IGHD", "TCL1A"} & top["B naive"]
+
+
+def test_merge_filters_genes_like_scanpy_filter_genes(samples):
+    """Filtering per sample before concatenating keeps exactly the genes scanpy's filter_genes keeps."""
+    import anndata as ad
+    import scanpy as sc
+
+    meta = pd.DataFrame({"donor": ["D1", "D1", "D2", "D2"]}, index=list(samples))
+    merged = cluster.merge_samples({s: a.copy() for s, a in samples.items()}, meta, ["donor"], min_cells_per_gene=20)
+    reference = ad.concat([samples[s] for s in samples], join="inner")
+    sc.pp.filter_genes(reference, min_cells=20)
+    assert 0 < reference.n_vars < samples["D1_pre"].n_vars  # the threshold drops some genes, not all
+    assert list(merged.var_names) == list(reference.var_names)
+    assert (merged.layers["counts"] != sp.csr_matrix(reference.X, dtype=np.float32)).nnz == 0

@@ -355,3 +355,21 @@ def test_peek_mtx_dimension_mismatch(tmp_path: Path) -> None:
     (tmp_path / "other" / "barcodes.tsv.gz").replace(tmp_path / "barcodes.tsv.gz")
     with pytest.raises(InputError, match="5 barcodes"):
         io.peek_counts(tmp_path, None)
+
+
+def test_read_h5ad_parts_reads_only_what_is_asked(tmp_path: Path) -> None:
+    counts = sp.random(30, 12, density=0.3, format="csr", random_state=0, dtype=np.float32)
+    full = anndata.AnnData(X=counts * 2, obs=pd.DataFrame({"sample": ["a"] * 30}, index=[f"c{i}" for i in range(30)]),
+                           var=pd.DataFrame(index=[f"g{i}" for i in range(12)]),
+                           layers={"counts": counts}, obsm={"X_umap": np.ones((30, 2)), "X_pca": np.zeros((30, 5))},
+                           obsp={"connectivities": sp.identity(30, format="csr")})
+    path = tmp_path / "full.h5ad"
+    full.write_h5ad(path)
+    only_counts = io.read_h5ad_parts(path, x=False, layers=["counts"])
+    assert only_counts.X is None and list(only_counts.layers) == ["counts"] and not only_counts.obsm and not only_counts.obsp
+    assert (only_counts.layers["counts"] != counts).nnz == 0
+    assert list(only_counts.obs["sample"]) == ["a"] * 30 and list(only_counts.var_names) == list(full.var_names)
+    x_and_umap = io.read_h5ad_parts(path, obsm=["X_umap"])
+    assert (x_and_umap.X != full.X).nnz == 0 and list(x_and_umap.obsm) == ["X_umap"] and not x_and_umap.layers
+    with pytest.raises(KeyError, match="layers/spliced"):
+        io.read_h5ad_parts(path, layers=["spliced"])

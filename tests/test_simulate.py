@@ -103,3 +103,25 @@ def test_same_seed_same_counts_in_another_process(treated):
     other = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     here = hashlib.md5(b"".join(a.X.toarray().tobytes() for a in treated.samples.values())).hexdigest()
     assert other.stdout.strip() == here
+
+
+def marker_share(data, lineage: str, markers: list[str]) -> float:
+    """Share of the UMIs of singlet, healthy cells of a lineage that fall on its markers."""
+    shares = []
+    for adata in data.samples.values():
+        keep = (adata.obs["lineage"] == lineage).to_numpy() & ~adata.obs["is_doublet"].to_numpy() \
+            & ~adata.obs["is_dying"].to_numpy()
+        counts = np.asarray(adata.X[keep].sum(0)).ravel()
+        shares.append(counts[[adata.var_names.get_loc(g) for g in markers]].sum() / counts.sum())
+    return float(np.mean(shares))
+
+
+def test_markers_keep_their_share_of_umis_at_realistic_gene_counts():
+    """With 6x more genes than the example (about the genes 10x detects in PBMC), markers and
+    cell-type programs keep their share of each cell's UMIs instead of drowning in extra genes."""
+    small = simulate(SimulationParams(n_donors=1, cells_per_sample=300, n_genes=3000, seed=3))
+    large = simulate(SimulationParams(n_donors=1, cells_per_sample=300, n_genes=18000, seed=3))
+    for lineage, markers in {"CD14 mono": ["LYZ", "S100A8", "S100A9", "CD14"],
+                             "B": ["MS4A1", "CD79A", "CD79B"], "CD8 T": ["CD3E", "CD8A", "CD8B"]}.items():
+        ratio = marker_share(large, lineage, markers) / marker_share(small, lineage, markers)
+        assert 0.7 < ratio < 1.4, (lineage, ratio)

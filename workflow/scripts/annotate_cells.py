@@ -1,15 +1,14 @@
 """Snakemake adapter: marker-based cell types, lineages and cycling flags; UMAP and dot plot."""
 
-import anndata as ad
 import pandas as pd
 
-from pbmc_prepost import annotate, cluster, plots, qc
+from pbmc_prepost import annotate, cluster, io, plots, qc
 from pbmc_prepost.runtime import start_job
 
 smk = snakemake  # noqa: F821
 p = smk.params
 log = start_job(smk.log[0])
-adata = ad.read_h5ad(smk.input.h5ad)
+adata = io.read_h5ad_parts(smk.input.h5ad, obsm=["X_umap"])  # counts and graphs stay on disk
 markers = annotate.read_marker_table(smk.input.markers)
 overrides = annotate.read_overrides(p.overrides[0] if p.overrides else None, set(markers.identity.index))
 clusters = adata.obs[cluster.leiden_key(p.resolution)]

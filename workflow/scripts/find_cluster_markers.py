@@ -1,16 +1,15 @@
 """Snakemake adapter: Wilcoxon marker genes per cluster and the marker dot plot."""
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 
-from pbmc_prepost import cluster, plots, qc
+from pbmc_prepost import cluster, io, plots, qc
 from pbmc_prepost.runtime import start_job
 
 smk = snakemake  # noqa: F821
 p = smk.params
 log = start_job(smk.log[0], smk.threads, p.seed)
-adata = ad.read_h5ad(smk.input.h5ad)
+adata = io.read_h5ad_parts(smk.input.h5ad)  # log-normalized X; counts and graphs stay on disk
 key = cluster.leiden_key(p.resolution)
 markers = cluster.cluster_markers(adata, key, p.max_cells_per_cluster, p.n_genes, p.seed)
 markers.insert(0, "resolution", p.resolution)

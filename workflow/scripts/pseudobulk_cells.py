@@ -1,9 +1,8 @@
 """Snakemake adapter: sum raw counts per sample x population (the pseudobulks every DE job fits)."""
 
-import anndata as ad
 import pandas as pd
 
-from pbmc_prepost import pseudobulk_de
+from pbmc_prepost import io, pseudobulk_de
 from pbmc_prepost.runtime import start_job
 from pbmc_prepost.samplesheet import Contrast
 
@@ -12,7 +11,7 @@ p = smk.params
 log = start_job(smk.log[0])
 contrast = Contrast(**p.contrast)
 settings = pseudobulk_de.DESettings(**p.settings)
-adata = ad.read_h5ad(smk.input.h5ad)
+adata = io.read_h5ad_parts(smk.input.h5ad, x=False, layers=["counts"])  # raw counts only
 labels = pd.read_csv(smk.input.cells, sep="\t", dtype={"barcode": str}, usecols=["sample", "barcode", "cell_type", "lineage"])
 labels.index = labels["sample"] + ":" + labels["barcode"]
 adata.obs[["cell_type", "lineage"]] = labels.loc[adata.obs_names, ["cell_type", "lineage"]].to_numpy()

@@ -1,9 +1,8 @@
 """Snakemake adapter: per-cell module scores averaged per donor x timepoint x population; paired test."""
 
-import anndata as ad
 import pandas as pd
 
-from pbmc_prepost import enrichment
+from pbmc_prepost import enrichment, io
 from pbmc_prepost.runtime import start_job
 from pbmc_prepost.samplesheet import Contrast
 
@@ -12,7 +11,7 @@ p = smk.params
 log = start_job(smk.log[0], smk.threads, p.seed)
 contrast = Contrast(**p.contrast)
 library = enrichment.read_gene_sets(smk.input.gmt, smk.input.set_metadata or None)
-adata = ad.read_h5ad(smk.input.h5ad)
+adata = io.read_h5ad_parts(smk.input.h5ad)  # log-normalized X only
 labels = pd.read_csv(smk.input.cells, sep="\t", dtype={"barcode": str}, usecols=["sample", "barcode", p.level])
 labels.index = labels["sample"] + ":" + labels["barcode"]
 adata.obs[p.level] = labels.loc[adata.obs_names, p.level].to_numpy()

@@ -50,17 +50,23 @@ def merge_samples(objects: Mapping[str, ad.AnnData], sample_meta: pd.DataFrame,
     if dropped:
         log.warning("%d genes are not measured in every sample and are dropped (e.g. %s)",
                     len(dropped), ", ".join(sorted(dropped)[:5]))
-    merged = ad.concat([objects[s] for s in names], join="inner", merge="first")
+    # Genes are filtered per sample before concatenating (scanpy filter_genes' rule: detected in
+    # at least min_cells_per_gene cells), so the cells x genes matrix is built only once.
+    genes = pd.Index([g for g in objects[names[0]].var_names if g in common])
+    detected = np.zeros(len(genes), dtype=np.int64)
+    for s in names:
+        counts = objects[s][:, genes].X
+        detected += np.asarray((counts > 0).sum(axis=0)).ravel()
+    keep = genes[detected >= min_cells_per_gene]
+    merged = ad.concat([objects[s][:, keep] for s in names], join="inner", merge="first")
     merged.obs["sample"] = np.repeat(names, [objects[s].n_obs for s in names])
     for column in meta_columns:
         merged.obs[column] = merged.obs["sample"].map(sample_meta[column]).astype(str).to_numpy()
     for column in ["sample", *meta_columns]:
         merged.obs[column] = pd.Categorical(merged.obs[column])
     merged.X = sp.csr_matrix(merged.X, dtype=np.float32)
-    n_before = merged.n_vars
-    sc.pp.filter_genes(merged, min_cells=min_cells_per_gene)
     log.info("merged %d samples: %d cells, %d genes (%d detected in < %d cells dropped)",
-             len(names), merged.n_obs, merged.n_vars, n_before - merged.n_vars, min_cells_per_gene)
+             len(names), merged.n_obs, merged.n_vars, len(genes) - len(keep), min_cells_per_gene)
     merged.layers["counts"] = merged.X
     return merged
 

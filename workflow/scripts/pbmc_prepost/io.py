@@ -959,3 +959,41 @@ def write_10x_h5(adata: anndata.AnnData, path: str | Path, *, genome: str = "GRC
         feats.create_dataset("_all_tag_keys", data=np.array([b"genome"]))
     return path
 
+
+
+def read_h5ad_parts(path: str | Path, *, x: bool = True, layers: Sequence[str] = (),
+                    obsm: Sequence[str] = ()) -> anndata.AnnData:
+    """Read only some elements of a workflow ``.h5ad`` (obs and var always).
+
+    The merged objects carry two cells x genes matrices (log-normalized ``X`` and
+    ``layers["counts"]``); a step that needs one of them reads only that one, which halves its
+    memory on large data. Everything not asked for (other layers, graphs, ``uns``) stays on disk.
+
+    Parameters
+    ----------
+    path
+        An ``.h5ad`` file written by the workflow.
+    x
+        Read ``X`` (otherwise the object has no ``X``).
+    layers, obsm
+        Names of the layers and ``obsm`` entries to read.
+
+    Returns
+    -------
+    anndata.AnnData
+        With the requested elements.
+    """
+    from anndata.io import read_elem
+
+    with h5py.File(path, "r") as handle:
+        missing = [f"layers/{k}" for k in layers if k not in handle.get("layers", {})]
+        missing += [f"obsm/{k}" for k in obsm if k not in handle.get("obsm", {})]
+        if missing:
+            raise KeyError(f"{path}: no {', '.join(missing)}")
+        return anndata.AnnData(
+            X=read_elem(handle["X"]) if x else None,
+            obs=read_elem(handle["obs"]),
+            var=read_elem(handle["var"]),
+            layers={k: read_elem(handle["layers"][k]) for k in layers},
+            obsm={k: read_elem(handle["obsm"][k]) for k in obsm},
+        )
