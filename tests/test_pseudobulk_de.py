@@ -349,7 +349,7 @@ def test_pseudobulk_sums_raw_counts_exactly():
     assert dict(zip(pb.obs["sample"], pb.obs["donor"])) == {"s1": "d1", "s2": "d2"}
 
 
-def test_pseudobulk_fallback_and_input_checks(treated):
+def test_pseudobulk_fallback_and_input_checks(treated, monkeypatch):
     # The indicator product gives exactly decoupler's sums on real-sized data.
     obs = treated.obs[["sample", "lineage"]].astype(str)
     keys, X = pde._pseudobulk_indicator(sp.csr_matrix(treated.layers["counts"]), obs, "sample", "lineage")
@@ -357,6 +357,13 @@ def test_pseudobulk_fallback_and_input_checks(treated):
     frame = pd.DataFrame(X, index=pd.MultiIndex.from_tuples(keys))
     np.testing.assert_array_equal(frame.loc[list(zip(pb.obs["sample"], pb.obs["lineage"]))].to_numpy(), pb.X)
     np.testing.assert_array_equal(pb.X.sum(0), treated.layers["counts"].toarray().sum(0, dtype=np.float64))
+    # Large data: summed block by block (blocks of 37 cells here), identical to the decoupler sums.
+    monkeypatch.setattr(pde, "_SUM_BLOCK_CELLS", 37)
+    monkeypatch.setattr(pde, "_MAX_DECOUPLER_NNZ", 0)
+    blockwise = pde.pseudobulk(treated, "lineage")
+    assert treated.n_obs > 10 * 37
+    np.testing.assert_array_equal(blockwise.X, pb.X)
+    assert list(blockwise.obs_names) == list(pb.obs_names)
     # Non-integer counts (decoupler refuses) still sum exactly.
     cells = _tiny()
     cells.layers["counts"] = cells.layers["counts"] * 0.5
