@@ -129,3 +129,22 @@ def test_merge_filters_genes_like_scanpy_filter_genes(samples):
     assert 0 < reference.n_vars < samples["D1_pre"].n_vars  # the threshold drops some genes, not all
     assert list(merged.var_names) == list(reference.var_names)
     assert (merged.layers["counts"] != sp.csr_matrix(reference.X, dtype=np.float32)).nnz == 0
+
+
+def test_merge_reads_samples_from_files_one_at_a_time(samples, tmp_path):
+    """io.H5adFiles loads on access: the merge from files equals the merge from objects in memory."""
+    from pbmc_prepost import io
+
+    meta = pd.DataFrame({"donor": ["D1", "D1", "D2", "D2"]}, index=list(samples))
+    paths = {}
+    for name, adata in samples.items():
+        paths[name] = tmp_path / f"{name}.h5ad"
+        adata.write_h5ad(paths[name])
+    files = io.H5adFiles(paths)
+    assert files["D1_pre"] is not files["D1_pre"]  # nothing is kept between accesses
+    from_files = cluster.merge_samples(files, meta, ["donor"], min_cells_per_gene=20)
+    in_memory = cluster.merge_samples({s: a.copy() for s, a in samples.items()}, meta, ["donor"], min_cells_per_gene=20)
+    assert list(from_files.obs_names) == list(in_memory.obs_names)
+    assert list(from_files.var_names) == list(in_memory.var_names)
+    assert (from_files.layers["counts"] != in_memory.layers["counts"]).nnz == 0
+    assert list(from_files.obs["sample"]) == list(in_memory.obs["sample"])

@@ -29,7 +29,8 @@ def merge_samples(objects: Mapping[str, ad.AnnData], sample_meta: pd.DataFrame,
     Parameters
     ----------
     objects
-        sample id -> AnnData with raw counts in ``X`` and obs names ``sample:barcode``.
+        sample id -> AnnData with raw counts in ``X`` and obs names ``sample:barcode``; read twice,
+        so a mapping that loads each sample on access keeps one sample in memory at a time.
     sample_meta
         Sample sheet indexed by sample id.
     meta_columns
@@ -44,22 +45,29 @@ def merge_samples(objects: Mapping[str, ad.AnnData], sample_meta: pd.DataFrame,
         same matrix object, not a copy). Only genes present in every sample are kept.
     """
     names = list(objects)
-    gene_sets = [set(objects[s].var_names) for s in names]
+    # Two passes over the samples, one sample in memory at a time (``objects`` may load lazily, as
+    # io.H5adFiles does): count the cells detecting each gene, then keep the genes that pass scanpy
+    # filter_genes' rule (detected in at least min_cells_per_gene cells) before concatenating, so
+    # the cells x genes matrix is built once.
+    detected = {}
+    for s in names:
+        sample = objects[s]
+        detected[s] = pd.Series(np.asarray((sample.X > 0).sum(axis=0)).ravel(), index=sample.var_names)
+        del sample
+    gene_sets = [set(detected[s].index) for s in names]
     common = set.intersection(*gene_sets)
     dropped = set.union(*gene_sets) - common
     if dropped:
         log.warning("%d genes are not measured in every sample and are dropped (e.g. %s)",
                     len(dropped), ", ".join(sorted(dropped)[:5]))
-    # Genes are filtered per sample before concatenating (scanpy filter_genes' rule: detected in
-    # at least min_cells_per_gene cells), so the cells x genes matrix is built only once.
-    genes = pd.Index([g for g in objects[names[0]].var_names if g in common])
-    detected = np.zeros(len(genes), dtype=np.int64)
-    for s in names:
-        counts = objects[s][:, genes].X
-        detected += np.asarray((counts > 0).sum(axis=0)).ravel()
-    keep = genes[detected >= min_cells_per_gene]
-    merged = ad.concat([objects[s][:, keep] for s in names], join="inner", merge="first")
-    merged.obs["sample"] = np.repeat(names, [objects[s].n_obs for s in names])
+    genes = pd.Index([g for g in detected[names[0]].index if g in common])
+    n_detected = sum(detected[s].reindex(genes).to_numpy() for s in names)
+    keep = genes[n_detected >= min_cells_per_gene]
+    parts = [objects[s][:, keep].copy() for s in names]
+    merged = ad.concat(parts, join="inner", merge="first")
+    sizes = [part.n_obs for part in parts]
+    del parts
+    merged.obs["sample"] = np.repeat(names, sizes)
     for column in meta_columns:
         merged.obs[column] = merged.obs["sample"].map(sample_meta[column]).astype(str).to_numpy()
     for column in ["sample", *meta_columns]:

@@ -14,7 +14,7 @@ import gzip
 import re
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -997,3 +997,23 @@ def read_h5ad_parts(path: str | Path, *, x: bool = True, layers: Sequence[str] =
             layers={k: read_elem(handle["layers"][k]) for k in layers},
             obsm={k: read_elem(handle["obsm"][k]) for k in obsm},
         )
+
+
+class H5adFiles(Mapping):
+    """Read-only mapping name -> AnnData that reads the ``.h5ad`` file on every access.
+
+    Holds no object between accesses, so a step that visits samples one after another keeps one
+    of them in memory at a time (:func:`pbmc_prepost.cluster.merge_samples` on many samples).
+    """
+
+    def __init__(self, paths: Mapping[str, str | Path]):
+        self._paths = dict(paths)
+
+    def __getitem__(self, name: str) -> anndata.AnnData:
+        return anndata.read_h5ad(self._paths[name])
+
+    def __iter__(self):
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
