@@ -41,7 +41,7 @@ rule annotate_cells:
         "benchmarks/annotate_cells.tsv"
     threads: 1
     resources:
-        mem_mb=scaled(1500, per_input_mb=1.5),
+        mem_mb=scaled(1500, per_input_mb=0.8),
         runtime=runtime_min(10, per_input_mb=0.01),
     conda:
         ENV

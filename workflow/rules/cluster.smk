@@ -45,7 +45,7 @@ rule embed_cells:
         "benchmarks/embed_cells.tsv"
     threads: 2
     resources:
-        mem_mb=scaled(2000, per_input_mb=2.5),
+        mem_mb=scaled(2000, per_input_mb=1.4),
         runtime=runtime_min(15, per_input_mb=0.02),
     conda:
         ENV
@@ -89,7 +89,7 @@ rule assemble_clustered:
         "benchmarks/assemble_clustered.tsv"
     threads: 1
     resources:
-        mem_mb=scaled(1500, per_input_mb=2),
+        mem_mb=scaled(1500, per_input_mb=1.2),
         runtime=runtime_min(10, per_input_mb=0.01),
     conda:
         ENV
@@ -126,7 +126,7 @@ rule find_cluster_markers:
         "benchmarks/find_cluster_markers.tsv"
     threads: 1
     resources:
-        mem_mb=scaled(1500, per_input_mb=1.5),
+        mem_mb=scaled(1500, per_input_mb=0.8),
         runtime=runtime_min(15, per_input_mb=0.02),
     conda:
         ENV

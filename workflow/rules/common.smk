@@ -85,7 +85,12 @@ def qc_settings(wildcards):
 
 
 def scaled(base_mb, per_input_mb=0.0, per_attempt=0.5):
-    """Memory (MB) from the input size, escalated by attempt and scaled by config resources.scale."""
+    """Memory (MB) from the input size, escalated by attempt and scaled by config resources.scale.
+
+    The per-MB coefficients of the heavy rules are fitted to the peaks measured at 100k and 200k
+    cells (docs/benchmarks.md): the first attempt declares at least 1.15x the measured peak.
+    `python tools/benchmark/check_resources.py .benchmark-runs/workflow_*` compares them again.
+    """
 
     def mem_mb(wildcards, input, attempt):
         grow = 1.0 + per_attempt * (attempt - 1)

@@ -26,8 +26,10 @@ rule qc_sample:
     benchmark:
         "benchmarks/qc_sample/{sample}.tsv"
     threads: 1
+    # Scrublet densifies cells x variable genes: 3.6 GB for a 22 MB (6,500-cell) sample in the
+    # 100k benchmark, 6.2 GB for 35 MB (12,500 cells) in the 200k one (docs/benchmarks.md).
     resources:
-        mem_mb=scaled(1500, per_input_mb=40),
+        mem_mb=scaled(1500, per_input_mb=160),
         runtime=runtime_min(10, per_input_mb=0.2),
     conda:
         ENV
