@@ -96,6 +96,21 @@ def test_run_sample_qc_is_deterministic_and_keeps_doublets_when_asked(tiny_sampl
     assert abs(first.cells["predicted_doublet"].sum() - 0.05 * scored) <= 1
 
 
+def test_sparse_scrublet_finds_the_same_doublets(tiny_sample):
+    """doublets.mean_center=false (Scrublet's sparse truncated-SVD pipeline, for large channels)
+    finds the planted doublets about as well as the default dense PCA."""
+    recall, scores = {}, {}
+    for mean_center in (True, False):
+        settings = qc.QCSettings.from_config({}, {"mean_center": mean_center}, seed=0)
+        assert settings.mean_center is mean_center
+        result = qc.run_sample_qc(tiny_sample, "D1_pre", settings)
+        cells = result.cells.set_index("barcode").loc[tiny_sample.obs.index]
+        recall[mean_center] = cells["predicted_doublet"].to_numpy()[tiny_sample.obs["is_doublet"].to_numpy()].mean()
+        scores[mean_center] = cells["doublet_score"].to_numpy()
+    assert not np.allclose(scores[True], scores[False], equal_nan=True)  # the option reaches Scrublet
+    assert recall[False] >= 0.5 and abs(recall[False] - recall[True]) <= 0.15, recall
+
+
 def test_small_sample_skips_doublet_calling_with_nan_scores(tiny_sample):
     small = tiny_sample[:60].copy()
     result = qc.run_sample_qc(small, "small", qc.QCSettings(min_cells_for_doublets=100))

@@ -47,6 +47,7 @@ class QCSettings:
     expected_doublet_rate: float = 0.05
     sim_doublet_ratio: float = 2.0
     n_prin_comps: int = 30
+    mean_center: bool = True
     min_cells_for_doublets: int = 100
     seed: int = 0
 
@@ -62,6 +63,7 @@ class QCSettings:
             expected_doublet_rate=doublets.get("expected_doublet_rate", 0.05),
             sim_doublet_ratio=doublets.get("sim_doublet_ratio", 2.0),
             n_prin_comps=doublets.get("n_prin_comps", 30),
+            mean_center=doublets.get("mean_center", True),
             min_cells_for_doublets=doublets.get("min_cells", 100),
             seed=seed,
         )
@@ -159,6 +161,7 @@ def call_doublets(adata: ad.AnnData, settings: QCSettings) -> tuple[pd.Series, p
     n_comps = int(min(settings.n_prin_comps, work.n_obs - 1, work.n_vars - 1))
     sc.pp.scrublet(work, expected_doublet_rate=settings.expected_doublet_rate,
                    sim_doublet_ratio=settings.sim_doublet_ratio, n_prin_comps=n_comps,
+                   mean_center=settings.mean_center,
                    random_state=settings.seed, verbose=False, use_approx_neighbors=False)
     values = work.obs["doublet_score"].to_numpy()
     scores[:] = values
