@@ -25,8 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+from run_benchmarks import BIN, ROOT, benchmark_jobs  # the same folder: sys.path[0] when run as a script
 
 
 def declared(rundir: Path, sheet: Path) -> pd.DataFrame:
@@ -57,22 +56,11 @@ def benchmark_sheet(rundir: Path) -> Path:
     return rundir.parent / rundir.name.replace("workflow_", "data_") / "samples.tsv"
 
 
-def measured(rundir: Path) -> pd.DataFrame:
-    """Rule, wildcard value and the last line of every ``benchmark:`` file."""
-    rows = []
-    for path in sorted((rundir / "benchmarks").rglob("*.tsv")):
-        nested = path.parent.name != "benchmarks"
-        table = pd.read_csv(path, sep="\t")
-        rows.append({"rule": path.parent.name if nested else path.stem, "key": path.stem if nested else "",
-                     "s": float(table["s"].iloc[-1]), "max_rss_mb": float(table["max_rss"].iloc[-1])})
-    return pd.DataFrame(rows)
-
-
 def compare(rundir: Path, sheet: Path) -> pd.DataFrame:
     """One row per rule: largest measured peak and what that job declared; least headroom."""
     plan = declared(rundir, sheet)
     plan["key"] = plan["wildcards"].str.replace(r"^\w+=", "", regex=True)
-    used = measured(rundir)
+    used = benchmark_jobs(rundir)
     jobs = used.merge(plan.drop_duplicates(["rule", "key"]), on=["rule", "key"], how="left")
     jobs["mem_headroom"] = jobs["mem_mb"] / jobs["max_rss_mb"]
     jobs["time_headroom"] = jobs["runtime_min"] * 60 / jobs["s"]

@@ -185,14 +185,23 @@ def run_baseline(sheet: Path, outdir: Path) -> Run:
                    environment())
 
 
-def rule_table(rundir: Path) -> pd.DataFrame:
-    """Per rule: jobs, summed and longest job seconds, largest job peak RSS (benchmark files)."""
+def benchmark_jobs(rundir: Path) -> pd.DataFrame:
+    """One row per job from its ``benchmark:`` file: rule, wildcard value ('' without), s, max_rss_mb.
+
+    Files are ``benchmarks/<rule>.tsv`` or, for rules with a wildcard, ``benchmarks/<rule>/<value>.tsv``.
+    """
     rows = []
     for path in sorted((rundir / "benchmarks").rglob("*.tsv")):
-        rule = path.parent.name if path.parent.name != "benchmarks" else path.stem
+        nested = path.parent.name != "benchmarks"
         table = pd.read_csv(path, sep="\t")
-        rows.append({"rule": rule, "s": float(table["s"].iloc[-1]), "max_rss_mb": float(table["max_rss"].iloc[-1])})
-    frame = pd.DataFrame(rows)
+        rows.append({"rule": path.parent.name if nested else path.stem, "key": path.stem if nested else "",
+                     "s": float(table["s"].iloc[-1]), "max_rss_mb": float(table["max_rss"].iloc[-1])})
+    return pd.DataFrame(rows)
+
+
+def rule_table(rundir: Path) -> pd.DataFrame:
+    """Per rule: jobs, summed and longest job seconds, largest job peak RSS (benchmark files)."""
+    frame = benchmark_jobs(rundir)
     return (frame.groupby("rule", sort=False)
             .agg(jobs=("s", "size"), total_s=("s", "sum"), longest_s=("s", "max"), peak_rss_mb=("max_rss_mb", "max"))
             .sort_values("total_s", ascending=False))

@@ -53,7 +53,6 @@ def merge_samples(objects: Mapping[str, ad.AnnData], sample_meta: pd.DataFrame,
     for s in names:
         sample = objects[s]
         detected[s] = pd.Series(np.asarray((sample.X > 0).sum(axis=0)).ravel(), index=sample.var_names)
-        del sample
     gene_sets = [set(detected[s].index) for s in names]
     common = set.intersection(*gene_sets)
     dropped = set.union(*gene_sets) - common

@@ -960,7 +960,6 @@ def write_10x_h5(adata: anndata.AnnData, path: str | Path, *, genome: str = "GRC
     return path
 
 
-
 def read_h5ad_parts(path: str | Path, *, x: bool = True, layers: Sequence[str] = (),
                     obsm: Sequence[str] = ()) -> anndata.AnnData:
     """Read only some elements of a workflow ``.h5ad`` (obs and var always).
