@@ -47,7 +47,7 @@ class QCSettings:
     expected_doublet_rate: float = 0.05
     sim_doublet_ratio: float = 2.0
     n_prin_comps: int = 30
-    mean_center: bool = True
+    mean_center: bool = False
     min_cells_for_doublets: int = 100
     seed: int = 0
 
@@ -63,7 +63,7 @@ class QCSettings:
             expected_doublet_rate=doublets.get("expected_doublet_rate", 0.05),
             sim_doublet_ratio=doublets.get("sim_doublet_ratio", 2.0),
             n_prin_comps=doublets.get("n_prin_comps", 30),
-            mean_center=doublets.get("mean_center", True),
+            mean_center=doublets.get("mean_center", False),
             min_cells_for_doublets=doublets.get("min_cells", 100),
             seed=seed,
         )
