@@ -55,6 +55,7 @@ __all__ = [
     "ORA_COLUMNS",
     "GeneSetLibrary",
     "donor_score_lines",
+    "expression_bins",
     "gsea_all_groups",
     "gsea_prerank",
     "headline_heatmap",
@@ -64,6 +65,7 @@ __all__ = [
     "paired_score_test",
     "read_gene_sets",
     "read_gmt",
+    "score_genes",
     "short_set_name",
 ]
 
@@ -534,10 +536,92 @@ def _looks_like_counts(X) -> bool:
     return bool(np.nanmax(values) > 30 and np.all(np.mod(values, 1) == 0))
 
 
+def _mean_over(X, axis: int, columns: np.ndarray | None = None) -> np.ndarray:
+    """Mean over ``axis`` of X (or of its ``columns``), as scanpy's ``score_genes`` computes it."""
+    part = X if columns is None else X[:, columns]
+    if sp.issparse(part):
+        return np.asarray(part.sum(axis=axis, dtype="float64")).ravel() / part.shape[axis]
+    # scanpy: np.nanmean, in the data's dtype for the gene means and float64 for the cell means.
+    return np.nanmean(part, axis=axis, dtype=None if axis == 0 else "float64")
+
+
+def expression_bins(X, var_names: pd.Index, n_bins: int = 25) -> pd.Series:
+    """Expression bin of every gene, as scanpy's ``score_genes`` cuts the gene pool.
+
+    Genes are ranked by mean expression over all cells and cut into ``n_bins`` - 1 equal-sized
+    bins (scanpy >= 1.10: ``rank(method="min") // round(n_genes / (n_bins - 1))``).
+
+    Parameters
+    ----------
+    X
+        Cells x genes, log-normalized (sparse or dense).
+    var_names
+        Gene names of the columns of ``X``.
+    n_bins
+        scanpy's ``n_bins``.
+
+    Returns
+    -------
+    pandas.Series
+        Bin per gene (index: gene names; genes whose mean is not finite left out).
+    """
+    means = pd.Series(_mean_over(X, axis=0), index=pd.Index(var_names, dtype="string"))
+    means = means[np.isfinite(means)]
+    n_items = int(np.round(len(means) / (n_bins - 1)))
+    return means.rank(method="min") // n_items
+
+
+def score_genes(X, var_names: pd.Index, bins: pd.Series, genes: Sequence[str], ctrl_size: int = 50,
+                random_state: int = 0) -> np.ndarray:
+    """Per-cell score of one gene set: scanpy's ``tl.score_genes`` with precomputed expression bins.
+
+    The mean of the set's genes minus the mean of control genes drawn, ``ctrl_size`` per bin, from
+    the expression bins the set's genes fall in (Satija et al. 2015; Tirosh et al. 2016). The
+    draw repeats scanpy's exactly (``numpy`` RandomState seeded with ``random_state``, pandas
+    ``sample``), so the scores equal ``sc.tl.score_genes(..., random_state=random_state)``
+    (tested); unlike it, this neither copies X nor recomputes the gene means for every set.
+
+    Parameters
+    ----------
+    X
+        Cells x genes, log-normalized.
+    var_names
+        Gene names of the columns of ``X``.
+    bins
+        :func:`expression_bins` of ``X``.
+    genes
+        The set's genes (absent ones are ignored).
+    ctrl_size
+        Control genes per bin (scanpy's default 50).
+    random_state
+        Seed of the control-gene draw.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 score per cell.
+    """
+    var_names = pd.Index(var_names)
+    gene_list = pd.Index(list(genes)).intersection(var_names)
+    if len(gene_list) == 0:
+        raise ValueError("score_genes: none of the genes are in the data")
+    draw = np.random.RandomState(random_state)
+    control = pd.Index([], dtype="string")
+    for cut in np.unique(bins.loc[gene_list]):
+        candidates = bins.index[bins.to_numpy() == cut]
+        if ctrl_size < len(candidates):
+            candidates = candidates.to_series().sample(ctrl_size, random_state=draw).index
+        control = control.union(candidates.difference(gene_list))
+    if len(control) == 0:
+        raise RuntimeError(f"score_genes: no control genes in the expression bins of {list(gene_list)[:5]}")
+    return (_mean_over(X, 1, var_names.get_indexer(gene_list))
+            - _mean_over(X, 1, var_names.get_indexer(control)))
+
+
 def module_scores(adata: ad.AnnData, library: GeneSetLibrary, group_col: str, contrast: Contrast,
                   sample_col: str = "sample", min_genes: int = 3, layer: str | None = None,
                   seed: int = 0) -> pd.DataFrame:
-    """Score every set per cell (scanpy ``score_genes``), then average per sample x population.
+    """Score every set per cell (scanpy's ``score_genes`` method), then average per sample x population.
 
     Each set is scored on the log-normalized data with scanpy's control-gene method (Satija et
     al. 2015; Tirosh et al. 2016: mean of the set minus mean of expression-matched random genes,
@@ -580,8 +664,6 @@ def module_scores(adata: ad.AnnData, library: GeneSetLibrary, group_col: str, co
         A column is missing, sample-level columns vary within a sample, or the data look like
         raw counts.
     """
-    import scanpy as sc
-
     missing = [c for c in (sample_col, group_col, contrast.column) if c not in adata.obs.columns]
     if missing:
         raise ValueError(f"module_scores: obs column(s) {missing} missing; obs has {list(adata.obs.columns)}")
@@ -607,9 +689,9 @@ def module_scores(adata: ad.AnnData, library: GeneSetLibrary, group_col: str, co
     obs["group"] = obs["group"].astype(str)
 
     var_names = pd.Index(adata.var_names.astype(str))
-    # Slim object: scanpy writes the score into obs; the caller's AnnData stays untouched.
-    slim = ad.AnnData(X=X, obs=pd.DataFrame(index=pd.RangeIndex(adata.n_obs).astype(str)),
-                      var=pd.DataFrame(index=var_names))
+    # The expression bins depend only on the data: computed once for all sets (scanpy recomputes
+    # them, with two copies of X, for every set).
+    bins = expression_bins(X, var_names)
     skipped: dict[str, str] = {}
     per_cell = {}
     for name, genes in library.sets.items():
@@ -620,8 +702,7 @@ def module_scores(adata: ad.AnnData, library: GeneSetLibrary, group_col: str, co
             continue
         if len(present) < len(genes):
             log.info("module_scores: %s: %d of %d genes in the data", name, len(present), len(genes))
-        sc.tl.score_genes(slim, present, score_name="_score", random_state=seed, use_raw=False)
-        per_cell[name] = slim.obs["_score"].to_numpy(dtype=float)
+        per_cell[name] = score_genes(X, var_names, bins, present, random_state=seed)
 
     columns = ["sample", contrast.pair_by, contrast.column, "group", "gene_set", "n_cells", "mean_score"]
     cells = obs.loc[has_group].reset_index(drop=True)
