@@ -429,6 +429,8 @@ def main(argv: list[str] | None = None) -> None:
                   "workflow_s": flow.seconds, "workflow_gib": flow.peak_rss_gib,
                   "merged_stage_gib": merged_stage_peak(flow), "rules": rules, **stamp}
         line = f"{result['barcodes']:>8,} barcodes: workflow {flow.seconds:7.1f} s, peak {flow.peak_rss_gib:5.2f} GiB"
+        record["rows"][str(size)] = result
+        publish()  # the workflow's row stands even if the script is stopped
         if not args.no_baseline and (args.baseline_max is None or size <= args.baseline_max):
             script = run_baseline(sheet, args.workdir / f"baseline_{size}")
             if script.returncode != 0:
@@ -436,9 +438,8 @@ def main(argv: list[str] | None = None) -> None:
             result.update(script_s=script.seconds, script_gib=script.peak_rss_gib)
             line += (f"; script {script.seconds:7.1f} s, peak {script.peak_rss_gib:5.2f} GiB; "
                      f"ratio workflow/script {flow.seconds / script.seconds:.2f}")
+            publish()
         print(line, flush=True)
-        record["rows"][str(size)] = result
-        publish()
         if size == args.speedup_size:
             one = run_workflow(sheet, args.workdir / "qc_cores1", 1, "aggregate_qc")
             many = run_workflow(sheet, args.workdir / f"qc_cores{args.cores}", args.cores, "aggregate_qc")
