@@ -216,6 +216,39 @@ def rule_table(rundir: Path) -> pd.DataFrame:
             .sort_values("total_s", ascending=False))
 
 
+def code_version() -> str:
+    """The measured code: the project's commit, with "+changes" when tracked files differ from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT).returncode != 0
+    return commit + ("+changes" if dirty else "")
+
+
+def measure_speedup(sheet: Path, workdir: Path, cores: int) -> dict:
+    """The per-sample stage (every ``qc_sample`` job, then ``aggregate_qc``) with ``--cores 1`` and ``--cores N``.
+
+    Returns both runs' wall seconds and, from the ``qc_sample`` benchmark files, the span from the
+    first job's start to the last job's end and the summed job seconds: the span ratio is the
+    speed-up of the per-sample jobs themselves, without Snakemake's start-up and the aggregation.
+    """
+    result = {"barcodes": n_barcodes(sheet), "cores": cores}
+    for name, n in (("one", 1), ("many", cores)):
+        run = run_workflow(sheet, workdir / f"qc_cores{n}", n, "aggregate_qc")
+        if run.returncode:
+            sys.exit(f"per-sample stage failed with --cores {n}, see {run.log}")
+        jobs = benchmark_jobs(run.log.parent)
+        jobs = jobs[jobs["rule"] == "qc_sample"]
+        result.update({name: run.seconds, f"{name}_jobs_span": float(jobs["end"].max() - (jobs["end"] - jobs["s"]).min()),
+                       f"{name}_jobs_sum": float(jobs["s"].sum())})
+    print(f"per-sample stage: --cores 1 {result['one']:.1f} s, --cores {cores} {result['many']:.1f} s, "
+          f"speed-up {result['one'] / result['many']:.2f}x; qc_sample jobs alone "
+          f"{result['one_jobs_span'] / result['many_jobs_span']:.2f}x", flush=True)
+    return result
+
+
 def cells_after_qc(rundir: Path) -> int | None:
     summary = rundir / "results" / "qc" / "summary.tsv"
     if not summary.exists():
@@ -309,8 +342,8 @@ def save_record(path: Path, record: dict) -> None:
 def write_markdown(path: Path, record: dict) -> None:
     """docs/benchmarks.md from the record: every row names the invocation that measured it."""
     rows = sorted(record["rows"].values(), key=lambda r: r["barcodes"])
-    invocations = sorted({(r["date"], r["command"]) for r in rows}
-                         | ({(record["speedup"]["date"], record["speedup"]["command"])} if record["speedup"] else set()))
+    runs = [*rows, *([record["speedup"]] if record["speedup"] else [])]
+    invocations = sorted({(r["date"], r["command"], r.get("commit")) for r in runs}, key=str)
     lines = [
         "# Benchmarks",
         "",
@@ -318,7 +351,8 @@ def write_markdown(path: Path, record: dict) -> None:
         "Each row's workflow and script were measured one after the other in the same invocation, "
         "so each ratio comes from one run; the invocations:",
         "",
-        *[f"- {day}: `{command}`" for day, command in invocations],
+        *[f"- {day}: `{command}`" + (f" (code at commit {commit})" if commit else "")
+          for day, command, commit in invocations],
         "",
         f"Machine: {machine()}.",
         "",
@@ -372,6 +406,13 @@ def write_markdown(path: Path, record: dict) -> None:
                   f"{speedup['barcodes']:,}-barcode dataset, target `aggregate_qc`): "
                   f"`--cores 1` {speedup['one']:.0f} s, `--cores {speedup['cores']}` {speedup['many']:.0f} s, "
                   f"speed-up {speedup['one'] / speedup['many']:.2f}x ({speedup['date']})."]
+        if "one_jobs_span" in speedup:
+            lines += ["", f"The `qc_sample` jobs alone (first start to last end, from their benchmark files): "
+                          f"{speedup['one_jobs_span']:.0f} s and {speedup['many_jobs_span']:.0f} s, speed-up "
+                          f"{speedup['one_jobs_span'] / speedup['many_jobs_span']:.2f}x; their summed seconds "
+                          f"{speedup['one_jobs_sum']:.0f} s one at a time and {speedup['many_jobs_sum']:.0f} s "
+                          f"{speedup['cores']} at a time (the difference is what running side by side costs each job). "
+                          "The rest of the stage is serial: Snakemake's start-up and `aggregate_qc`."]
     for r in rows:
         lines += ["", f"## Per rule, {r['barcodes']:,} barcodes", "",
                   "From the `benchmark:` files: jobs of the rule, summed and longest job wall seconds, "
@@ -404,6 +445,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline-max", type=int, help="run the single-process script only up to this size")
     parser.add_argument("--no-warm-up", action="store_true",
                         help="skip compiling numba code first (when .cache/numba is already warm)")
+    parser.add_argument("--speedup-only", action="store_true",
+                        help="measure only the per-sample stage on --speedup-size; the record's rows are kept")
     parser.add_argument("--refresh-rules", action="store_true",
                         help="recompute the record's per-rule tables from the run folders in --workdir and "
                              "rewrite the markdown; runs nothing")
@@ -420,6 +463,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.speedup_size is None:
         args.speedup_size = max([s for s in args.sizes if s <= 100000] or [min(args.sizes)])
+    if args.speedup_only:
+        args.sizes = [args.speedup_size]
     if args.speedup_size and args.speedup_size not in args.sizes:
         parser.error(f"--speedup-size {args.speedup_size} must be one of --sizes (it runs after that size)")
     command = "python tools/benchmark/run_benchmarks.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -433,12 +478,17 @@ def main(argv: list[str] | None = None) -> None:
         warm_up(args.workdir, args.cores)
 
     # The table is rewritten after every measurement, so a run stopped early still leaves what it measured.
-    record = load_record(args.record) if args.append else {"rows": {}, "speedup": None}
-    stamp = {"date": date.today().isoformat(), "command": command}
+    record = load_record(args.record) if args.append or args.speedup_only else {"rows": {}, "speedup": None}
+    stamp = {"date": date.today().isoformat(), "command": command, "commit": code_version()}
 
     def publish() -> None:
         save_record(args.record, record)
         write_markdown(args.out, record)
+
+    if args.speedup_only:
+        record["speedup"] = {**measure_speedup(sheets[args.speedup_size], args.workdir, args.cores), **stamp}
+        publish()
+        return
 
     truth = args.workdir / f"data_{sizes[0]}" / "counts" / "truth" / "cells.tsv.gz"  # subsamples keep barcodes
     for size in args.sizes:
@@ -465,14 +515,7 @@ def main(argv: list[str] | None = None) -> None:
             publish()
         print(line, flush=True)
         if size == args.speedup_size:
-            one = run_workflow(sheet, args.workdir / "qc_cores1", 1, "aggregate_qc")
-            many = run_workflow(sheet, args.workdir / f"qc_cores{args.cores}", args.cores, "aggregate_qc")
-            if one.returncode or many.returncode:
-                sys.exit(f"per-sample stage failed, see {one.log} / {many.log}")
-            record["speedup"] = {"barcodes": result["barcodes"], "cores": args.cores, "one": one.seconds,
-                                 "many": many.seconds, **stamp}
-            print(f"per-sample stage: --cores 1 {one.seconds:.1f} s, --cores {args.cores} {many.seconds:.1f} s, "
-                  f"speed-up {one.seconds / many.seconds:.2f}x", flush=True)
+            record["speedup"] = {**measure_speedup(sheet, args.workdir, args.cores), **stamp}
             publish()
     print(f"wrote {args.out}")
 
