@@ -1,10 +1,13 @@
-"""The project-local numba cache: a kNN graph compiled in one job is loaded, not compiled, by the next."""
+"""Job set-up: the project-local numba cache (a kNN graph compiled in one job is loaded, not compiled, by
+the next) and start_job's threads."""
 
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,3 +42,22 @@ def test_without_it_pynndescent_compiles_in_every_job(tmp_path):
     """The control: NUMBA_CACHE_DIR alone leaves most of pynndescent's functions uncached."""
     compilations(tmp_path / "numba", "off")
     assert compilations(tmp_path / "numba", "off") > 0
+
+
+START = """
+import json, sys
+from pbmc_prepost.runtime import start_job
+start_job(None, threads=int(sys.argv[1]))
+loaded = "scanpy" in sys.modules
+n_jobs = sys.modules["scanpy"].settings.n_jobs if loaded else None
+print(json.dumps({"scanpy": loaded, "n_jobs": n_jobs}))
+"""
+
+
+@pytest.mark.parametrize(("threads", "scanpy", "n_jobs"), [(1, False, None), (2, True, 2)])
+def test_start_job_sets_scanpy_threads_only_where_needed(threads, scanpy, n_jobs):
+    """A 1-thread job that never uses scanpy does not pay its 2-s import; a threaded one gets n_jobs."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
+    out = subprocess.run([sys.executable, "-c", START, str(threads)], env=env, capture_output=True, text=True,
+                         check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"scanpy": scanpy, "n_jobs": n_jobs}
