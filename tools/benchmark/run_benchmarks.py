@@ -227,26 +227,35 @@ def code_version() -> str:
     return commit + ("+changes" if dirty else "")
 
 
-def measure_speedup(sheet: Path, workdir: Path, cores: int) -> dict:
+def measure_speedup(sheet: Path, workdir: Path, cores: int, repeats: int = 1) -> dict:
     """The per-sample stage (every ``qc_sample`` job, then ``aggregate_qc``) with ``--cores 1`` and ``--cores N``.
 
-    Returns both runs' wall seconds and, from the ``qc_sample`` benchmark files, the span from the
-    first job's start to the last job's end and the summed job seconds: the span ratio is the
-    speed-up of the per-sample jobs themselves, without Snakemake's start-up and the aggregation.
+    Each repeat runs both, one after the other. Returns, per repeat, both runs' wall seconds and,
+    from the ``qc_sample`` benchmark files, the span from the first job's start to the last job's
+    end and the summed job seconds (the span ratio is the speed-up of the per-sample jobs
+    themselves, without Snakemake's start-up and the aggregation); the top-level values are the
+    medians over repeats.
     """
-    result = {"barcodes": n_barcodes(sheet), "cores": cores}
-    for name, n in (("one", 1), ("many", cores)):
-        run = run_workflow(sheet, workdir / f"qc_cores{n}", n, "aggregate_qc")
-        if run.returncode:
-            sys.exit(f"per-sample stage failed with --cores {n}, see {run.log}")
-        jobs = benchmark_jobs(run.log.parent)
-        jobs = jobs[jobs["rule"] == "qc_sample"]
-        result.update({name: run.seconds, f"{name}_jobs_span": float(jobs["end"].max() - (jobs["end"] - jobs["s"]).min()),
-                       f"{name}_jobs_sum": float(jobs["s"].sum())})
-    print(f"per-sample stage: --cores 1 {result['one']:.1f} s, --cores {cores} {result['many']:.1f} s, "
-          f"speed-up {result['one'] / result['many']:.2f}x; qc_sample jobs alone "
-          f"{result['one_jobs_span'] / result['many_jobs_span']:.2f}x", flush=True)
-    return result
+    measured = []
+    for _ in range(repeats):
+        result = {}
+        for name, n in (("one", 1), ("many", cores)):
+            run = run_workflow(sheet, workdir / f"qc_cores{n}", n, "aggregate_qc")
+            if run.returncode:
+                sys.exit(f"per-sample stage failed with --cores {n}, see {run.log}")
+            jobs = benchmark_jobs(run.log.parent)
+            jobs = jobs[jobs["rule"] == "qc_sample"]
+            result.update({name: run.seconds,
+                           f"{name}_jobs_span": float(jobs["end"].max() - (jobs["end"] - jobs["s"]).min()),
+                           f"{name}_jobs_sum": float(jobs["s"].sum())})
+        print(f"per-sample stage: --cores 1 {result['one']:.1f} s, --cores {cores} {result['many']:.1f} s, "
+              f"speed-up {result['one'] / result['many']:.2f}x; qc_sample jobs alone "
+              f"{result['one_jobs_span'] / result['many_jobs_span']:.2f}x", flush=True)
+        measured.append(result)
+    table = pd.DataFrame(measured)
+    return {"barcodes": n_barcodes(sheet), "cores": cores, **table.median().to_dict(),
+            "speedups": [round(r["one"] / r["many"], 3) for r in measured],
+            "job_speedups": [round(r["one_jobs_span"] / r["many_jobs_span"], 3) for r in measured]}
 
 
 def cells_after_qc(rundir: Path) -> int | None:
@@ -406,13 +415,18 @@ def write_markdown(path: Path, record: dict) -> None:
                   f"{speedup['barcodes']:,}-barcode dataset, target `aggregate_qc`): "
                   f"`--cores 1` {speedup['one']:.0f} s, `--cores {speedup['cores']}` {speedup['many']:.0f} s, "
                   f"speed-up {speedup['one'] / speedup['many']:.2f}x ({speedup['date']})."]
+        if "speedups" in speedup:
+            lines[-1] = lines[-1][:-1] + (f"; times are medians of {len(speedup['speedups'])} repeats, whose "
+                                          "speed-ups were " + ", ".join(f"{s:.2f}x" for s in speedup["speedups"]) + ".")
         if "one_jobs_span" in speedup:
             lines += ["", f"The `qc_sample` jobs alone (first start to last end, from their benchmark files): "
                           f"{speedup['one_jobs_span']:.0f} s and {speedup['many_jobs_span']:.0f} s, speed-up "
                           f"{speedup['one_jobs_span'] / speedup['many_jobs_span']:.2f}x; their summed seconds "
                           f"{speedup['one_jobs_sum']:.0f} s one at a time and {speedup['many_jobs_sum']:.0f} s "
                           f"{speedup['cores']} at a time (the difference is what running side by side costs each job). "
-                          "The rest of the stage is serial: Snakemake's start-up and `aggregate_qc`."]
+                          "The rest of the stage is serial: Snakemake's start-up and `aggregate_qc`."
+                          + (" Per repeat: " + ", ".join(f"{s:.2f}x" for s in speedup["job_speedups"]) + "."
+                             if "job_speedups" in speedup else "")]
     for r in rows:
         lines += ["", f"## Per rule, {r['barcodes']:,} barcodes", "",
                   "From the `benchmark:` files: jobs of the rule, summed and longest job wall seconds, "
@@ -445,6 +459,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline-max", type=int, help="run the single-process script only up to this size")
     parser.add_argument("--no-warm-up", action="store_true",
                         help="skip compiling numba code first (when .cache/numba is already warm)")
+    parser.add_argument("--speedup-repeats", type=int, default=3,
+                        help="times the per-sample comparison is repeated (the table gives the median)")
     parser.add_argument("--speedup-only", action="store_true",
                         help="measure only the per-sample stage on --speedup-size; the record's rows are kept")
     parser.add_argument("--refresh-rules", action="store_true",
@@ -486,7 +502,8 @@ def main(argv: list[str] | None = None) -> None:
         write_markdown(args.out, record)
 
     if args.speedup_only:
-        record["speedup"] = {**measure_speedup(sheets[args.speedup_size], args.workdir, args.cores), **stamp}
+        record["speedup"] = {**measure_speedup(sheets[args.speedup_size], args.workdir, args.cores,
+                                               args.speedup_repeats), **stamp}
         publish()
         return
 
@@ -515,7 +532,7 @@ def main(argv: list[str] | None = None) -> None:
             publish()
         print(line, flush=True)
         if size == args.speedup_size:
-            record["speedup"] = {**measure_speedup(sheet, args.workdir, args.cores), **stamp}
+            record["speedup"] = {**measure_speedup(sheet, args.workdir, args.cores, args.speedup_repeats), **stamp}
             publish()
     print(f"wrote {args.out}")
 
