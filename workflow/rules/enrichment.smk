@@ -84,7 +84,7 @@ rule score_gene_sets:
         "benchmarks/score_gene_sets.tsv"
     threads: 1
     resources:
-        mem_mb=scaled(1500, per_input_mb=1.2),
+        mem_mb=scaled(1000, per_input_mb=0.6),
         runtime=runtime_min(15, per_input_mb=0.02),
     conda:
         ENV

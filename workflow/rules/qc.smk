@@ -26,10 +26,15 @@ rule qc_sample:
     benchmark:
         "benchmarks/qc_sample/{sample}.tsv"
     threads: 1
-    # Scrublet densifies cells x variable genes: 3.6 GB for a 22 MB (6,500-cell) sample in the
-    # 100k benchmark, 6.2 GB for 35 MB (12,500 cells) in the 200k one (docs/benchmarks.md).
+    # Peak memory follows the sample's size (docs/benchmarks.md): sparse Scrublet 1.3 GB for a
+    # 22 MB (6,500-cell) sample at 100k, 2.4 GB for 38 MB at 200k; the dense option
+    # (doublets.mean_center: true) densifies cells x variable genes: 3.6 and 6.2 GB.
     resources:
-        mem_mb=scaled(1500, per_input_mb=160),
+        mem_mb=(
+            scaled(1500, per_input_mb=160)
+            if config["doublets"]["mean_center"]
+            else scaled(800, per_input_mb=60)
+        ),
         runtime=runtime_min(10, per_input_mb=0.2),
     conda:
         ENV
