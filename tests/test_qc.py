@@ -97,8 +97,8 @@ def test_run_sample_qc_is_deterministic_and_keeps_doublets_when_asked(tiny_sampl
 
 
 def test_sparse_scrublet_finds_the_same_doublets(tiny_sample):
-    """doublets.mean_center=false (Scrublet's sparse truncated-SVD pipeline, for large channels)
-    finds the planted doublets about as well as the default dense PCA."""
+    """doublets.mean_center=false (our default: Scrublet's sparse truncated-SVD pipeline) finds the
+    planted doublets about as well as scanpy's default dense PCA (mean_center=true)."""
     recall, scores = {}, {}
     for mean_center in (True, False):
         settings = qc.QCSettings.from_config({}, {"mean_center": mean_center}, seed=0)
