@@ -216,6 +216,11 @@ def rule_table(rundir: Path) -> pd.DataFrame:
             .sort_values("total_s", ascending=False))
 
 
+def rule_records(rundir: Path) -> list[dict]:
+    """:func:`rule_table` as the record stores it (one dict per rule)."""
+    return json.loads(rule_table(rundir).reset_index().to_json(orient="records"))
+
+
 def code_version() -> str:
     """The measured code: the project's commit, with "+changes" when tracked files differ from it."""
     try:
@@ -243,11 +248,9 @@ def measure_speedup(sheet: Path, workdir: Path, cores: int, repeats: int = 1) ->
             run = run_workflow(sheet, workdir / f"qc_cores{n}", n, "aggregate_qc")
             if run.returncode:
                 sys.exit(f"per-sample stage failed with --cores {n}, see {run.log}")
-            jobs = benchmark_jobs(run.log.parent)
-            jobs = jobs[jobs["rule"] == "qc_sample"]
-            result.update({name: run.seconds,
-                           f"{name}_jobs_span": float(jobs["end"].max() - (jobs["end"] - jobs["s"]).min()),
-                           f"{name}_jobs_sum": float(jobs["s"].sum())})
+            qc_jobs = rule_table(run.log.parent).loc["qc_sample"]
+            result.update({name: run.seconds, f"{name}_jobs_span": float(qc_jobs["wall_s"]),
+                           f"{name}_jobs_sum": float(qc_jobs["total_s"])})
         print(f"per-sample stage: --cores 1 {result['one']:.1f} s, --cores {cores} {result['many']:.1f} s, "
               f"speed-up {result['one'] / result['many']:.2f}x; qc_sample jobs alone "
               f"{result['one_jobs_span'] / result['many_jobs_span']:.2f}x", flush=True)
@@ -414,10 +417,10 @@ def write_markdown(path: Path, record: dict) -> None:
                   f"The per-sample stage alone (`qc_sample` for the 16 samples of the "
                   f"{speedup['barcodes']:,}-barcode dataset, target `aggregate_qc`): "
                   f"`--cores 1` {speedup['one']:.0f} s, `--cores {speedup['cores']}` {speedup['many']:.0f} s, "
-                  f"speed-up {speedup['one'] / speedup['many']:.2f}x ({speedup['date']})."]
-        if "speedups" in speedup:
-            lines[-1] = lines[-1][:-1] + (f"; times are medians of {len(speedup['speedups'])} repeats, whose "
-                                          "speed-ups were " + ", ".join(f"{s:.2f}x" for s in speedup["speedups"]) + ".")
+                  f"speed-up {speedup['one'] / speedup['many']:.2f}x ({speedup['date']})"
+                  + (f"; times are medians of {len(speedup['speedups'])} repeats, whose speed-ups were "
+                     + ", ".join(f"{s:.2f}x" for s in speedup["speedups"]) if "speedups" in speedup else "")
+                  + "."]
         if "one_jobs_span" in speedup:
             lines += ["", f"The `qc_sample` jobs alone (first start to last end, from their benchmark files): "
                           f"{speedup['one_jobs_span']:.0f} s and {speedup['many_jobs_span']:.0f} s, speed-up "
@@ -472,7 +475,7 @@ def main(argv: list[str] | None = None) -> None:
         for size, row in record["rows"].items():
             rundir = args.workdir / f"workflow_{size}"
             if (rundir / "benchmarks").is_dir():
-                row["rules"] = json.loads(rule_table(rundir).reset_index().to_json(orient="records"))
+                row["rules"] = rule_records(rundir)
         save_record(args.record, record)
         write_markdown(args.out, record)
         print(f"rewrote {args.out}")
@@ -513,12 +516,11 @@ def main(argv: list[str] | None = None) -> None:
         flow = run_workflow(sheet, args.workdir / f"workflow_{size}", args.cores)
         if flow.returncode != 0:
             sys.exit(f"workflow failed at {size} cells, see {flow.log}")
-        rules = json.loads(rule_table(flow.log.parent).reset_index().to_json(orient="records"))
         result = {"barcodes": n_barcodes(sheet), "cells": cells_after_qc(flow.log.parent),
                   "populations_tested": populations_tested(flow.log.parent),
                   "lineage_accuracy": lineage_accuracy(flow.log.parent, truth),
                   "workflow_s": flow.seconds, "workflow_gib": flow.peak_rss_gib,
-                  "merged_stage_gib": merged_stage_peak(flow), "rules": rules, **stamp}
+                  "merged_stage_gib": merged_stage_peak(flow), "rules": rule_records(flow.log.parent), **stamp}
         line = f"{result['barcodes']:>8,} barcodes: workflow {flow.seconds:7.1f} s, peak {flow.peak_rss_gib:5.2f} GiB"
         record["rows"][str(size)] = result
         publish()  # the workflow's row stands even if the script is stopped
