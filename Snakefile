@@ -23,6 +23,7 @@ include: "workflow/rules/provenance.smk"
 
 
 rule all:
+    default_target: True
     input:
         "results/qc/cells.tsv.gz",
         "results/qc/summary.tsv",
@@ -39,4 +40,3 @@ rule all:
         "results/enrichment/scores.tsv",
         "results/provenance/software_versions.tsv",
         "results/figures/summary.png",
-    default_target: True

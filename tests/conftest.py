@@ -1,4 +1,11 @@
-"""Shared fixtures: the project root, the workflow runner and simulated datasets."""
+"""Shared fixtures: the project root, the workflow runner, settings and the simulated cohorts.
+
+Every dataset of the suite comes from the simulator's presets (``pbmc_prepost.simulation``) and is
+built once per session: ``cohort`` is the simulation behind the embedded example, ``null_cohort``
+its twin without treatment effect, ``cells``/``null_cells`` their singlets as the annotated merged
+object looks (true labels as annotation, raw counts in ``layers["counts"]``, log-normalized ``X``).
+Tests that change an object take a copy.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +14,69 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anndata as ad
+import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
+
+from pbmc_prepost.design import Contrast, Study, cell_key
+from pbmc_prepost.settings import default_config
+from pbmc_prepost.simulation import PRESETS, SimulatedData, simulate, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-
+#: The shipped configuration's contrast: timepoint post vs pre, paired by donor.
+CONTRAST = Contrast.from_config(default_config())
 
 # The numba compile cache of the project, shared by every workflow run of the suite.
 SNAKEMAKE_ENV = {**os.environ, "NUMBA_CACHE_DIR": str(ROOT / ".cache" / "numba")}
 
 
+def settings_of(kind, **changes):
+    """A settings object of ``kind`` (a class of :mod:`pbmc_prepost.settings`) from the schema's
+    defaults, with ``changes`` replacing fields."""
+    extra = [changes.pop("study")] if "study" in kind._fields else []
+    return kind.from_config(default_config(), *extra)._replace(**changes)
+
+
+def study_of(data: SimulatedData, contrast: Contrast = CONTRAST) -> Study:
+    """The design of a simulated cohort: donor, timepoint and one batch per sample."""
+    samples = pd.DataFrame(data.truth["samples"]).set_index("sample")[["donor", "timepoint"]]
+    return Study.from_sheet(samples.assign(batch="batch_1"), contrast)
+
+
 def snakemake_command(workdir: Path, *args: str) -> list[str]:
     """The project's workflow through Snakemake's command line, run in ``workdir`` on 2 cores."""
-    return [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-            "--configfile", str(ROOT / "config" / "config.yaml"), "--cores", "2", *args]
+    return [
+        str(SNAKEMAKE),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(ROOT / "config" / "config.yaml"),
+        "--cores",
+        "2",
+        *args,
+    ]
 
 
 def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1500) -> subprocess.CompletedProcess:
     """Run :func:`snakemake_command` and wait for it."""
-    result = subprocess.run(snakemake_command(workdir, *args), cwd=workdir, env=SNAKEMAKE_ENV,
-                            capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        snakemake_command(workdir, *args),
+        cwd=workdir,
+        env=SNAKEMAKE_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed ({result.returncode}):\n"
-                             f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({result.returncode}):\n"
+            f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
+        )
     return result
 
 
@@ -38,12 +84,15 @@ def apt_install(*packages: str) -> None:
     """apt-get install Debian packages (CI starts from a fresh machine), waiting for another apt's lock."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     lock = ["-o", "DPkg::Lock::Timeout=600"]
-    for command, timeout in ((["apt-get", *lock, "update"], 600),
-                             (["apt-get", *lock, "install", "-y", "--no-install-recommends", *packages], 900)):
+    for command, timeout in (
+        (["apt-get", *lock, "update"], 600),
+        (["apt-get", *lock, "install", "-y", "--no-install-recommends", *packages], 900),
+    ):
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
         if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
-                               f"{result.stderr[-3000:]}")
+            raise RuntimeError(
+                f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            )
 
 
 def absolute_sheet(sheet: Path, base: Path, out: Path) -> Path:
@@ -52,6 +101,57 @@ def absolute_sheet(sheet: Path, base: Path, out: Path) -> Path:
     table["path"] = [str((base / p).resolve()) for p in table["path"]]
     table.to_csv(out, sep="\t", index=False)
     return out
+
+
+def write_cohort(data: SimulatedData, folder: Path, drop: tuple[str, ...] = (), layout: str = "10x_h5") -> Path:
+    """Write a simulated cohort's files and a sample sheet without the ``drop`` samples."""
+    sheet = write_dataset(data, folder / "data", folder / "all_samples.tsv", layout=layout)
+    sheet[~sheet["sample"].isin(drop)].to_csv(folder / "samples.tsv", sep="\t", index=False)
+    return folder / "samples.tsv"
+
+
+def annotated_cells(data: SimulatedData) -> ad.AnnData:
+    """The singlets of a cohort as the annotated merged object looks: obs ``sample``, ``barcode``,
+    ``donor``, ``timepoint``, ``batch`` and the true ``cell_type``/``lineage``/``cycling``; raw
+    counts in ``layers["counts"]`` and shifted-log values (median library size) in ``X``."""
+    parts = []
+    for sample, adata in data.samples.items():
+        keep = ~adata.obs["is_doublet"].to_numpy() & ~adata.obs["is_dying"].to_numpy()
+        part = adata[keep].copy()
+        donor, timepoint = sample.rsplit("_", 1)
+        part.obs = part.obs[["cell_type", "lineage", "cycling"]].assign(
+            sample=sample, barcode=part.obs_names.astype(str), donor=donor, timepoint=timepoint, batch="batch_1"
+        )
+        part.obs_names = cell_key([sample] * part.n_obs, part.obs_names)
+        parts.append(part)
+    cells = ad.concat(parts)
+    cells.layers["counts"] = sp.csr_matrix(cells.X, dtype=np.float32)
+    library = np.asarray(cells.X.sum(1)).ravel()
+    scale = np.median(library) / library
+    cells.X = sp.csr_matrix(cells.X.multiply(scale[:, None]).log1p().astype(np.float32))
+    return cells
+
+
+@pytest.fixture(scope="session")
+def cohort() -> SimulatedData:
+    """The simulation behind the embedded example (5 donors x pre/post IL-7)."""
+    return simulate(PRESETS["example"])
+
+
+@pytest.fixture(scope="session")
+def null_cohort() -> SimulatedData:
+    """The example's twin without any treatment effect."""
+    return simulate(PRESETS["null"])
+
+
+@pytest.fixture(scope="session")
+def cells(cohort) -> ad.AnnData:
+    return annotated_cells(cohort)
+
+
+@pytest.fixture(scope="session")
+def null_cells(null_cohort) -> ad.AnnData:
+    return annotated_cells(null_cohort)
 
 
 @pytest.fixture(scope="session")
@@ -66,5 +166,9 @@ def example_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def example_truth() -> pd.DataFrame:
     """Per-barcode ground truth of the embedded example."""
-    return pd.read_csv(ROOT / "resources" / "example" / "truth" / "cells.tsv.gz", sep="\t",
-                       dtype={"barcode": str}, keep_default_na=False)
+    return pd.read_csv(
+        ROOT / "resources" / "example" / "truth" / "cells.tsv.gz",
+        sep="\t",
+        dtype={"barcode": str},
+        keep_default_na=False,
+    )

@@ -9,15 +9,36 @@ import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score
 from sklearn.neighbors import NearestNeighbors
 
-from pbmc_prepost import cluster
-from pbmc_prepost.simulate import SimulationParams, simulate
+from pbmc_prepost import cluster, preprocess
+from pbmc_prepost.design import Study
+from pbmc_prepost.h5ad import H5adFiles
+from pbmc_prepost.settings import ClusterSettings, EmbedSettings, MergeSettings
+
+from conftest import CONTRAST, settings_of
+
+SAMPLES = ["D1_pre", "D1_post", "D2_pre", "D2_post"]
+
+
+def merge_settings(min_cells_per_gene: int = 3, columns=("donor", "timepoint", "batch")) -> MergeSettings:
+    """Two donors x pre/post; donor 2 in a batch of its own."""
+    meta = pd.DataFrame(
+        {"donor": ["D1", "D1", "D2", "D2"], "timepoint": ["pre", "post"] * 2, "batch": ["b1", "b1", "b2", "b2"]},
+        index=pd.Index(SAMPLES, name="sample"),
+    )
+    study = Study.from_sheet(meta[list(columns)], CONTRAST)
+    return settings_of(MergeSettings, min_cells_per_gene=min_cells_per_gene, study=study)
+
+
+def embed_settings(**changes) -> EmbedSettings:
+    return settings_of(EmbedSettings, **changes)
 
 
 @pytest.fixture(scope="module")
-def samples():
-    data = simulate(SimulationParams(n_donors=2, cells_per_sample=500, n_genes=1500, seed=5))
+def samples(cohort):
+    """Two donors' singlets of the shared cohort, as the per-sample QC writes them."""
     objects = {}
-    for sample, adata in data.samples.items():
+    for sample in SAMPLES:
+        adata = cohort.samples[sample]
         adata = adata[~adata.obs["is_doublet"].to_numpy() & ~adata.obs["is_dying"].to_numpy()].copy()
         adata.obs["barcode"] = adata.obs_names
         adata.obs_names = [f"{sample}:{b}" for b in adata.obs_names]
@@ -26,8 +47,6 @@ def samples():
 
 
 def merged_from(samples, batch_effect: bool = False):
-    meta = pd.DataFrame({"donor": ["D1", "D1", "D2", "D2"], "timepoint": ["pre", "post"] * 2,
-                         "batch": ["b1", "b1", "b2", "b2"]}, index=["D1_pre", "D1_post", "D2_pre", "D2_post"])
     objects = {s: a.copy() for s, a in samples.items()}
     if batch_effect:
         # A technical batch: donor 2's library prep triples 300 genes.
@@ -36,8 +55,8 @@ def merged_from(samples, batch_effect: bool = False):
         factor[genes] = 3
         for s in ("D2_pre", "D2_post"):
             objects[s].X = sp.csr_matrix(np.round(objects[s].X.toarray() * factor).astype(np.float32))
-    merged = cluster.merge_samples(objects, meta, ["donor", "timepoint", "batch"], min_cells_per_gene=3)
-    cluster.normalize(merged, None)
+    merged = preprocess.merge_samples(objects, merge_settings())
+    preprocess.normalize(merged, None)
     return merged
 
 
@@ -50,7 +69,7 @@ def test_merge_keeps_raw_counts_and_sample_metadata(samples):
     assert np.allclose(counts.data, np.round(counts.data))
     assert not np.allclose(merged.X.data, np.round(merged.X.data))  # X is log-normalized
     first = merged.obs_names[0]
-    sample, barcode = first.split(":")
+    sample, _barcode = first.split(":")
     original = samples[sample][first]
     assert np.allclose(counts[0].toarray().ravel(), original[:, merged.var_names].X.toarray().ravel())
 
@@ -58,14 +77,15 @@ def test_merge_keeps_raw_counts_and_sample_metadata(samples):
 def test_merge_drops_genes_missing_from_a_sample(samples):
     objects = {s: a.copy() for s, a in samples.items()}
     objects["D1_pre"] = objects["D1_pre"][:, 10:].copy()
-    meta = pd.DataFrame({"donor": ["D1", "D1", "D2", "D2"]}, index=list(objects))
-    merged = cluster.merge_samples(objects, meta, ["donor"], min_cells_per_gene=0)
+    merged = preprocess.merge_samples(objects, merge_settings(0, columns=("donor",)))
     assert merged.n_vars == samples["D1_pre"].n_vars - 10
 
 
 def test_hvg_selection_never_picks_excluded_genes(samples):
     merged = merged_from(samples)
-    cluster.select_hvgs(merged, 500, "seurat_v3", "sample", ["^MT-", "^RP[SL]"])
+    preprocess.select_hvgs(
+        merged, embed_settings(n_top_genes=500, hvg_batch_key="sample", hvg_exclude_patterns=("^MT-", "^RP[SL]"))
+    )
     hv = merged.var_names[merged.var["highly_variable"]]
     assert len(hv) == 500
     assert not any(g.startswith(("MT-", "RPS", "RPL")) for g in hv)
@@ -73,8 +93,16 @@ def test_hvg_selection_never_picks_excluded_genes(samples):
 
 def test_harmony_mixes_a_technical_batch_and_clusters_find_cell_types(samples):
     merged = merged_from(samples, batch_effect=True)
-    cluster.select_hvgs(merged, 1000, "seurat_v3", "sample", ["^MT-"])
-    rep = cluster.embed(merged, 30, "harmony", "batch", 2.0, 10, 15, 20, 0.5, seed=0)
+    settings = embed_settings(
+        n_top_genes=1000,
+        hvg_exclude_patterns=("^MT-",),
+        n_comps=30,
+        integration="harmony",
+        integration_key="batch",
+        n_pcs=20,
+    )
+    preprocess.select_hvgs(merged, settings)
+    rep = preprocess.embed(merged, settings)
     assert rep == "X_pca_harmony"
 
     def same_batch_share(embedding):
@@ -83,7 +111,7 @@ def test_harmony_mixes_a_technical_batch_and_clusters_find_cell_types(samples):
         return (batch[neighbours] == batch[:, None]).mean()
 
     assert same_batch_share(merged.obsm["X_pca_harmony"][:, :20]) < same_batch_share(merged.obsm["X_pca"][:, :20]) - 0.1
-    keys = cluster.cluster(merged, [0.5], n_iterations=2, seed=0)
+    keys = cluster.cluster(merged, settings_of(ClusterSettings, resolutions=(0.5,)))
     labels = merged.obs[keys[0]]
     sizes = labels.value_counts()
     assert list(sizes.index) == [str(i) for i in range(len(sizes))]  # numbered by size
@@ -94,8 +122,17 @@ def test_harmony_mixes_a_technical_batch_and_clusters_find_cell_types(samples):
 def test_harmony_with_one_batch_is_skipped(samples):
     merged = merged_from(samples)
     merged.obs["batch"] = "only"
-    cluster.select_hvgs(merged, 500, "seurat_v3", None, [])
-    assert cluster.embed(merged, 20, "harmony", "batch", 2.0, 10, 15, 20, 0.5, seed=0) == "X_pca"
+    settings = embed_settings(
+        n_top_genes=500,
+        hvg_batch_key=None,
+        hvg_exclude_patterns=(),
+        n_comps=20,
+        integration="harmony",
+        integration_key="batch",
+        n_pcs=20,
+    )
+    preprocess.select_hvgs(merged, settings)
+    assert preprocess.embed(merged, settings) == "X_pca"
 
 
 def test_stratified_subsample_caps_every_group():
@@ -122,8 +159,7 @@ def test_merge_filters_genes_like_scanpy_filter_genes(samples):
     import anndata as ad
     import scanpy as sc
 
-    meta = pd.DataFrame({"donor": ["D1", "D1", "D2", "D2"]}, index=list(samples))
-    merged = cluster.merge_samples({s: a.copy() for s, a in samples.items()}, meta, ["donor"], min_cells_per_gene=20)
+    merged = preprocess.merge_samples({s: a.copy() for s, a in samples.items()}, merge_settings(20, ("donor",)))
     reference = ad.concat([samples[s] for s in samples], join="inner")
     sc.pp.filter_genes(reference, min_cells=20)
     assert 0 < reference.n_vars < samples["D1_pre"].n_vars  # the threshold drops some genes, not all
@@ -132,18 +168,16 @@ def test_merge_filters_genes_like_scanpy_filter_genes(samples):
 
 
 def test_merge_reads_samples_from_files_one_at_a_time(samples, tmp_path):
-    """io.H5adFiles loads on access: the merge from files equals the merge from objects in memory."""
-    from pbmc_prepost import io
-
-    meta = pd.DataFrame({"donor": ["D1", "D1", "D2", "D2"]}, index=list(samples))
+    """H5adFiles loads on access: the merge from files equals the merge from objects in memory."""
+    settings = merge_settings(20, ("donor",))
     paths = {}
     for name, adata in samples.items():
         paths[name] = tmp_path / f"{name}.h5ad"
         adata.write_h5ad(paths[name])
-    files = io.H5adFiles(paths)
+    files = H5adFiles(paths)
     assert files["D1_pre"] is not files["D1_pre"]  # nothing is kept between accesses
-    from_files = cluster.merge_samples(files, meta, ["donor"], min_cells_per_gene=20)
-    in_memory = cluster.merge_samples({s: a.copy() for s, a in samples.items()}, meta, ["donor"], min_cells_per_gene=20)
+    from_files = preprocess.merge_samples(files, settings)
+    in_memory = preprocess.merge_samples({s: a.copy() for s, a in samples.items()}, settings)
     assert list(from_files.obs_names) == list(in_memory.obs_names)
     assert list(from_files.var_names) == list(in_memory.var_names)
     assert (from_files.layers["counts"] != in_memory.layers["counts"]).nnz == 0

@@ -12,60 +12,57 @@ import pytest
 from scipy import stats
 
 from pbmc_prepost import composition
-from pbmc_prepost.samplesheet import Contrast
-from pbmc_prepost.simulate import SimulationParams, simulate
+from pbmc_prepost.design import Contrast
+from pbmc_prepost.plots import composition as composition_plots
+
+from conftest import CONTRAST, study_of
 
 RELATIVE = "proportions are relative: an expansion of one population lowers the others"
-CONTRAST = Contrast()
-TEST_COLUMNS = ["cell_type", "n_pairs", "mean_pre", "mean_post", "log2_ratio", "pvalue", "padj", "test",
-                "note"]
+TEST_COLUMNS = ["population", "n_pairs", "mean_pre", "mean_post", "log2_ratio", "pvalue", "padj", "test", "note"]
 
 
-def _obs_and_meta(treatment_effect: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
-    data = simulate(SimulationParams(n_donors=5, cells_per_sample=700, n_genes=1200, seed=2,
-                                     treatment_effect=treatment_effect))
-    obs = pd.concat([a.obs.assign(sample=s) for s, a in data.samples.items()], ignore_index=True)
-    obs = obs[~obs["is_doublet"] & ~obs["is_dying"]].reset_index(drop=True)
-    ids = list(data.samples)
-    meta = pd.DataFrame({"donor": [s.split("_")[0] for s in ids],
-                         "timepoint": [s.split("_")[1] for s in ids]},
-                        index=pd.Index(ids, name="sample"))
-    return obs[["sample", "cell_type", "lineage"]], meta
+def _obs_and_meta(cells, data) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The annotated cells' labels and the sample metadata (donor, timepoint) of a shared cohort."""
+    meta = study_of(data).sample_meta()[["donor", "timepoint"]]
+    return cells.obs[["sample", "cell_type", "lineage"]].reset_index(drop=True), meta
 
 
 @pytest.fixture(scope="module")
-def treated() -> tuple[pd.DataFrame, pd.DataFrame]:
-    return _obs_and_meta(True)
+def treated(cells, cohort) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return _obs_and_meta(cells, cohort)
 
 
 @pytest.fixture(scope="module")
-def null() -> tuple[pd.DataFrame, pd.DataFrame]:
-    return _obs_and_meta(False)
+def null(null_cells, null_cohort) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return _obs_and_meta(null_cells, null_cohort)
 
 
 # --- cell_counts -------------------------------------------------------------------------------
 
+
 def test_cell_counts_has_every_sample_and_cell_type_including_zeros(treated):
     obs, meta = treated
+    # A sample without any plasma cell: the zero must be a row, not a gap.
+    obs = obs[~((obs["sample"] == "D3_post") & (obs["lineage"] == "plasma"))]
     props = composition.cell_counts(obs, "lineage", meta, CONTRAST)
-    assert list(props.columns) == ["sample", "donor", "timepoint", "cell_type", "n_cells", "proportion"]
+    assert list(props.columns) == ["sample", "donor", "timepoint", "population", "n_cells", "proportion"]
     lineages = sorted(obs["lineage"].unique())
     assert len(lineages) == 10
     assert len(props) == len(meta) * len(lineages)
-    # sample in sheet order, then cell type sorted
+    # sample in sheet order, then population sorted
     assert list(props["sample"].drop_duplicates()) == list(meta.index)
-    assert list(props.loc[props["sample"] == "D1_pre", "cell_type"]) == lineages
-    # the seed-2 data lose every plasma cell in D3_post: the zero must be a row, not a gap
-    zero = props[(props["sample"] == "D3_post") & (props["cell_type"] == "plasma")]
+    assert list(props.loc[props["sample"] == "D1_pre", "population"]) == lineages
+    zero = props[(props["sample"] == "D3_post") & (props["population"] == "plasma")]
     assert len(zero) == 1 and zero["n_cells"].item() == 0 and zero["proportion"].item() == 0.0
     per_sample = props.groupby("sample", sort=False)
     np.testing.assert_allclose(per_sample["proportion"].sum(), 1.0)
     assert per_sample["n_cells"].sum().to_dict() == obs["sample"].value_counts().to_dict()
     expected = pd.crosstab(obs["sample"], obs["lineage"]).stack()
-    got = props.set_index(["sample", "cell_type"])["n_cells"]
+    got = props.set_index(["sample", "population"])["n_cells"]
     assert (got.loc[expected.index] == expected).all()
-    assert (props.loc[props["sample"] == "D2_post", ["donor", "timepoint"]].drop_duplicates().to_numpy()
-            == [["D2", "post"]]).all()
+    assert (
+        props.loc[props["sample"] == "D2_post", ["donor", "timepoint"]].drop_duplicates().to_numpy() == [["D2", "post"]]
+    ).all()
 
 
 def test_cell_counts_without_a_donor_column_and_with_unknown_samples(treated):
@@ -78,13 +75,13 @@ def test_cell_counts_without_a_donor_column_and_with_unknown_samples(treated):
 
 # --- the paired test on simulated data -----------------------------------------------------------
 
+
 def test_il7_raises_t_cell_shares_and_lowers_cd14_mono_share(treated):
     obs, meta = treated
-    result = composition.paired_composition_test(composition.cell_counts(obs, "lineage", meta, CONTRAST),
-                                                 CONTRAST)
+    result = composition.paired_composition_test(composition.cell_counts(obs, "lineage", meta, CONTRAST), CONTRAST)
     assert list(result.columns) == TEST_COLUMNS
-    assert sorted(result["cell_type"]) == sorted(obs["lineage"].unique())
-    table = result.set_index("cell_type")
+    assert sorted(result["population"]) == sorted(obs["lineage"].unique())
+    table = result.set_index("population")
     for lineage in ("CD4 T", "CD8 T"):
         assert table.loc[lineage, "log2_ratio"] > 0
         assert table.loc[lineage, "mean_post"] > table.loc[lineage, "mean_pre"]
@@ -101,8 +98,7 @@ def test_il7_raises_t_cell_shares_and_lowers_cd14_mono_share(treated):
 @pytest.mark.parametrize("level", ["lineage", "cell_type"])
 def test_null_twin_calls_no_composition_change(null, level):
     obs, meta = null
-    result = composition.paired_composition_test(composition.cell_counts(obs, level, meta, CONTRAST),
-                                                 CONTRAST)
+    result = composition.paired_composition_test(composition.cell_counts(obs, level, meta, CONTRAST), CONTRAST)
     assert len(result) == obs[level].nunique()
     assert result["padj"].notna().all()  # tested, not skipped
     assert not (result["padj"] < 0.05).any(), result[result["padj"] < 0.05]
@@ -117,7 +113,7 @@ def test_a_donor_missing_its_post_sample_leaves_four_pairs(treated):
         assert (result["n_pairs"] == 4).all()
         assert result["pvalue"].notna().all()
         assert result["note"].str.contains("D5_pre").all()
-        assert (result.set_index("cell_type").loc[["CD4 T", "CD8 T"], "log2_ratio"] > 0).all()
+        assert (result.set_index("population").loc[["CD4 T", "CD8 T"], "log2_ratio"] > 0).all()
     assert props.loc[props["sample"] == "D5_post", "proportion"].isna().all()
     assert result["note"].str.contains("without cells ignored: D5_post").all()
 
@@ -146,13 +142,13 @@ def test_no_pairing_falls_back_to_an_unpaired_welch_test(treated):
         assert (result["n_pairs"] == 0).all()
         assert result["note"].str.contains("Welch").all()
         assert result["note"].str.contains(RELATIVE, regex=False).all()
-    cd4 = props[props["cell_type"] == "CD4 T"]
+    cd4 = props[props["population"] == "CD4 T"]
     totals = props.groupby("sample")["n_cells"].sum().loc[cd4["sample"]].to_numpy()
     p = (cd4["n_cells"].to_numpy() + 0.5) / (totals + 1)
     logit = np.log(p / (1 - p))
     post = (cd4["timepoint"] == "post").to_numpy()
     expected = stats.ttest_ind(logit[post], logit[~post], equal_var=False).pvalue
-    got = result.set_index("cell_type").loc["CD4 T", "pvalue"]
+    got = result.set_index("population").loc["CD4 T", "pvalue"]
     assert got == pytest.approx(expected, rel=1e-10)
 
 
@@ -173,8 +169,16 @@ def hand_props(samples: dict = HAND) -> pd.DataFrame:
     for sample, (donor, timepoint, counts) in samples.items():
         total = sum(counts.values())
         for cell_type, n in sorted(counts.items()):
-            rows.append({"sample": sample, "donor": donor, "timepoint": timepoint, "cell_type": cell_type,
-                         "n_cells": n, "proportion": n / total})
+            rows.append(
+                {
+                    "sample": sample,
+                    "donor": donor,
+                    "timepoint": timepoint,
+                    "population": cell_type,
+                    "n_cells": n,
+                    "proportion": n / total,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -194,11 +198,12 @@ def hand_values(cell_type: str, timepoint: str, transform: str) -> np.ndarray:
 @pytest.mark.parametrize("transform", ["logit", "asin_sqrt"])
 def test_paired_test_equals_a_paired_t_test_on_transformed_proportions(transform):
     result = composition.paired_composition_test(hand_props(), CONTRAST, transform=transform)
-    table = result.set_index("cell_type")
+    table = result.set_index("population")
     pvalues = {}
     for cell_type in ("B", "T", "mono"):
-        expected = stats.ttest_rel(hand_values(cell_type, "post", transform),
-                                   hand_values(cell_type, "pre", transform)).pvalue
+        expected = stats.ttest_rel(
+            hand_values(cell_type, "post", transform), hand_values(cell_type, "pre", transform)
+        ).pvalue
         assert table.loc[cell_type, "pvalue"] == pytest.approx(expected, rel=1e-9)
         pvalues[cell_type] = expected
     # Benjamini-Hochberg by hand over the three cell types
@@ -208,7 +213,7 @@ def test_paired_test_equals_a_paired_t_test_on_transformed_proportions(transform
         cell_type, p = ordered[rank - 1]
         running = min(running, p * m / rank)
         assert table.loc[cell_type, "padj"] == pytest.approx(running, rel=1e-9)
-    assert list(result["cell_type"]) == [c for c, _ in ordered]
+    assert list(result["population"]) == [c for c, _ in ordered]
     # means over samples of raw proportions, and their log2 ratio
     t_pre = np.mean([40 / 100, 30 / 100, 90 / 200])
     t_post = np.mean([60 / 100, 55 / 100, 120 / 190])
@@ -225,7 +230,7 @@ def test_other_timepoints_are_ignored_and_a_filtered_table_is_refused():
     extra = hand_props({**HAND, "A_wk4": ("A", "wk4", {"T": 99, "mono": 1, "B": 0})})
     pd.testing.assert_frame_equal(composition.paired_composition_test(extra, CONTRAST), base)
     filtered = hand_props()
-    filtered = filtered[filtered["cell_type"] != "B"]  # totals would silently shrink
+    filtered = filtered[filtered["population"] != "B"]  # totals would silently shrink
     with pytest.raises(ValueError, match="full cell_counts table"):
         composition.paired_composition_test(filtered, CONTRAST)
 
@@ -242,31 +247,31 @@ def test_custom_contrast_names_the_mean_columns():
 
 # --- figures -------------------------------------------------------------------------------------
 
-def test_figures_are_written_deterministically_and_say_proportions_are_relative(treated, tmp_path,
-                                                                                monkeypatch):
+
+def test_figures_are_written_deterministically_and_say_proportions_are_relative(treated, tmp_path, monkeypatch):
     obs, meta = treated
     obs = obs[obs["sample"] != "D5_post"]  # a lone point must not break the line figure
     props = composition.cell_counts(obs, "lineage", meta.drop(index="D5_post"), CONTRAST)
     result = composition.paired_composition_test(props, CONTRAST)
     texts: list[str] = []
-    save = composition.plots.save
+    save = composition_plots.save
 
     def recording_save(fig, paths):
         texts.append(" ".join(t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text"))))
         save(fig, paths)
 
-    monkeypatch.setattr(composition.plots, "save", recording_save)
+    monkeypatch.setattr(composition_plots, "save", recording_save)
     for name in ("bars", "lines"):
         for run in (1, 2):
             paths = [tmp_path / f"{name}{run}.png", tmp_path / f"{name}{run}.pdf"]
             if name == "bars":
-                composition.stacked_bar_figure(props, CONTRAST, paths)
+                composition_plots.stacked_bar_figure(props, CONTRAST, paths)
             else:
-                composition.paired_lines_figure(props, result, CONTRAST, paths)
+                composition_plots.paired_lines_figure(props, result, CONTRAST, paths)
             for path in paths:
                 assert path.exists() and path.stat().st_size > 1000
         png1, png2 = (tmp_path / f"{name}1.png").read_bytes(), (tmp_path / f"{name}2.png").read_bytes()
         assert png1.startswith(b"\x89PNG") and png1 == png2
     assert len(texts) == 4 and all(RELATIVE in t for t in texts)
-    padj = result.set_index("cell_type").loc["CD4 T", "padj"]
+    padj = result.set_index("population").loc["CD4 T", "padj"]
     assert f"CD4 T\n4 pairs, padj {padj:.2g}" in texts[2]

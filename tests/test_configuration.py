@@ -7,9 +7,10 @@ import copy
 import pytest
 import yaml
 
-from conftest import ROOT
 from pbmc_prepost import InputError
 from pbmc_prepost.configuration import validate_config
+
+from conftest import ROOT
 
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -22,6 +23,21 @@ def config():
 def test_shipped_config_is_valid_and_complete(config):
     validated = validate_config(config, SCHEMA)
     assert validated["clustering"]["default_resolution"] in validated["clustering"]["resolutions"]
+
+
+def test_shipped_config_is_the_schemas_defaults(config):
+    """A default lives in the schema only: config/config.yaml documents them, value for value."""
+    assert validate_config(config, SCHEMA) == validate_config({}, SCHEMA)
+
+
+def test_settings_carry_no_defaults_of_their_own():
+    """Every field of every rule family's settings comes from the validated config."""
+    from pbmc_prepost import settings
+
+    for kind in (settings.QCSettings, settings.EmbedSettings, settings.DESettings, settings.ScoreSettings):
+        assert not kind._field_defaults, kind
+    built = settings.DESettings.from_config(settings.default_config(de={"alpha": 0.1}))
+    assert built.alpha == 0.1 and built.level == "lineage"
 
 
 def test_every_schema_key_has_a_description_and_default():
@@ -44,18 +60,27 @@ def test_defaults_fill_a_minimal_config():
     assert validated["hvg"]["flavor"] == "seurat_v3"
 
 
-@pytest.mark.parametrize("change, expected", [
-    (lambda c: c["qc"].update(nmads_mt=-1), "qc.nmads_mt = -1 is out of range"),
-    (lambda c: c["qc"].update(max_pct_mt=150), "qc.max_pct_mt = 150 is out of range"),
-    (lambda c: c["doublets"].update(expected_doublet_rate=0.9), "doublets.expected_doublet_rate = 0.9 is out of range"),
-    (lambda c: c["hvg"].update(flavor="magic"), "hvg.flavor = 'magic' is not allowed"),
-    (lambda c: c["qc"].update(nmads_typo=3), "unknown key(s) 'nmads_typo'"),
-    (lambda c: c["clustering"].update(default_resolution=2.0), "clustering.default_resolution = 2.0 is not among"),
-    (lambda c: c["integration"].update(method="harmony", key="timepoint"), "integrating on it would erase"),
-    (lambda c: c["contrast"].update(treated="pre"), "contrast.reference and contrast.treated are both"),
-    (lambda c: c["qc"].update(mito_pattern="^MT-("), "not a valid regular expression"),
-    (lambda c: c["qc"]["sample_overrides"].update(D1_pre={"max_pct_mt": -3}), "qc.sample_overrides.D1_pre.max_pct_mt"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda c: c["qc"].update(nmads_mt=-1), "qc.nmads_mt = -1 is out of range"),
+        (lambda c: c["qc"].update(max_pct_mt=150), "qc.max_pct_mt = 150 is out of range"),
+        (
+            lambda c: c["doublets"].update(expected_doublet_rate=0.9),
+            "doublets.expected_doublet_rate = 0.9 is out of range",
+        ),
+        (lambda c: c["hvg"].update(flavor="magic"), "hvg.flavor = 'magic' is not allowed"),
+        (lambda c: c["qc"].update(nmads_typo=3), "unknown key(s) 'nmads_typo'"),
+        (lambda c: c["clustering"].update(default_resolution=2.0), "clustering.default_resolution = 2.0 is not among"),
+        (lambda c: c["integration"].update(method="harmony", key="timepoint"), "integrating on it would erase"),
+        (lambda c: c["contrast"].update(treated="pre"), "contrast.reference and contrast.treated are both"),
+        (lambda c: c["qc"].update(mito_pattern="^MT-("), "not a valid regular expression"),
+        (
+            lambda c: c["qc"]["sample_overrides"].update(D1_pre={"max_pct_mt": -3}),
+            "qc.sample_overrides.D1_pre.max_pct_mt",
+        ),
+    ],
+)
 def test_bad_values_get_a_message_with_key_and_fix(config, change, expected):
     bad = copy.deepcopy(config)
     change(bad)

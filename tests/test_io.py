@@ -1,4 +1,5 @@
-"""Tests for pbmc_prepost.io: format detection, readers, fast pre-flight check and writers."""
+"""Count files: format detection (formats), readers (io), the pre-flight check (preflight), the
+workflow's partial h5ad reads (h5ad) and the simulator's writers (simulation.writers)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ import scanpy as sc
 import scipy.sparse as sp
 
 from pbmc_prepost import InputError, io
+from pbmc_prepost.formats import detect_format, locate_mtx
+from pbmc_prepost.h5ad import read_h5ad_parts
+from pbmc_prepost.preflight import peek_counts
+from pbmc_prepost.simulation.writers import write_10x_h5, write_10x_mtx
 
 N_CELLS, N_GENES = 24, 12
 
@@ -71,9 +76,9 @@ def write_h5ad_normalized(path: Path, dense: bool = False) -> anndata.AnnData:
 
 def test_detect_format_each_layout(tmp_path: Path) -> None:
     adata = make_counts()
-    io.write_10x_mtx(adata, tmp_path / "v3")
-    io.write_10x_mtx(adata, tmp_path / "geo", prefix="GSM123_sampleA_")
-    io.write_10x_h5(adata, tmp_path / "s.h5")
+    write_10x_mtx(adata, tmp_path / "v3")
+    write_10x_mtx(adata, tmp_path / "geo", prefix="GSM123_sampleA_")
+    write_10x_h5(adata, tmp_path / "s.h5")
     adata.write_h5ad(tmp_path / "s.h5ad")
     v2 = tmp_path / "v2" / "hg19"  # Cell Ranger v2: plain genes.tsv with two columns
     v2.mkdir(parents=True)
@@ -82,12 +87,12 @@ def test_detect_format_each_layout(tmp_path: Path) -> None:
     feats = pd.read_csv(tmp_path / "v3" / "features.tsv.gz", sep="\t", header=None)
     feats.iloc[:, :2].to_csv(v2 / "genes.tsv", sep="\t", header=False, index=False)
 
-    assert io.detect_format(tmp_path / "v3") == "10x_mtx"
-    assert io.detect_format(v2) == "10x_mtx"
-    assert io.detect_format(tmp_path / "geo" / "GSM123_sampleA_matrix.mtx.gz") == "10x_mtx"
-    assert io.detect_format(str(tmp_path / "s.h5")) == "10x_h5"
-    assert io.detect_format(tmp_path / "s.h5ad") == "h5ad"
-    files = io.locate_mtx(tmp_path / "geo" / "GSM123_sampleA_matrix.mtx.gz")
+    assert detect_format(tmp_path / "v3") == "10x_mtx"
+    assert detect_format(v2) == "10x_mtx"
+    assert detect_format(tmp_path / "geo" / "GSM123_sampleA_matrix.mtx.gz") == "10x_mtx"
+    assert detect_format(str(tmp_path / "s.h5")) == "10x_h5"
+    assert detect_format(tmp_path / "s.h5ad") == "h5ad"
+    files = locate_mtx(tmp_path / "geo" / "GSM123_sampleA_matrix.mtx.gz")
     assert files.prefix == "GSM123_sampleA_"
     assert files.barcodes.name == "GSM123_sampleA_barcodes.tsv.gz"
     assert_same_counts(io.read_counts(v2), adata)
@@ -96,49 +101,49 @@ def test_detect_format_each_layout(tmp_path: Path) -> None:
 def test_detect_format_reads_hdf5_content_not_just_the_name(tmp_path: Path) -> None:
     adata = make_counts(dup_symbol=False)
     adata.write_h5ad(tmp_path / "anndata_named.h5")  # what sc.write("x.h5", adata) produces
-    io.write_10x_h5(adata, tmp_path / "cellranger_named.h5ad")
-    assert io.detect_format(tmp_path / "anndata_named.h5") == "h5ad"
-    assert io.detect_format(tmp_path / "cellranger_named.h5ad") == "10x_h5"
+    write_10x_h5(adata, tmp_path / "cellranger_named.h5ad")
+    assert detect_format(tmp_path / "anndata_named.h5") == "h5ad"
+    assert detect_format(tmp_path / "cellranger_named.h5ad") == "10x_h5"
     assert_same_counts(io.read_counts(tmp_path / "anndata_named.h5"), adata)
-    with pytest.raises(InputError, match="is a Cell Ranger .h5 file.*Fix: set format to 10x_h5"):
-        io.peek_counts(tmp_path / "cellranger_named.h5ad", "h5ad")
+    with pytest.raises(InputError, match=r"is a Cell Ranger \.h5 file.*Fix: set format to 10x_h5"):
+        peek_counts(tmp_path / "cellranger_named.h5ad", "h5ad")
 
 
 def test_detect_format_geo_triplet_with_genes_file(tmp_path: Path) -> None:
     adata = make_counts()
-    io.write_10x_mtx(adata, tmp_path, prefix="GSM9_B_")
+    write_10x_mtx(adata, tmp_path, prefix="GSM9_B_")
     (tmp_path / "GSM9_B_features.tsv.gz").rename(tmp_path / "GSM9_B_genes.tsv.gz")
     matrix = tmp_path / "GSM9_B_matrix.mtx.gz"
-    assert io.detect_format(matrix) == "10x_mtx"
+    assert detect_format(matrix) == "10x_mtx"
     assert_same_counts(io.read_counts(matrix), adata)
 
 
 def test_detect_format_rejects_unknown_layouts(tmp_path: Path) -> None:
     (tmp_path / "counts.csv").write_text("a,b\n1,2\n")
     with pytest.raises(InputError, match="accepted layouts") as err:
-        io.detect_format(tmp_path / "counts.csv", source="sheet line 2 (sample 'x')")
+        detect_format(tmp_path / "counts.csv", source="sheet line 2 (sample 'x')")
     assert str(err.value).startswith("sheet line 2 (sample 'x'): ")
     assert "Fix:" in str(err.value)
 
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(InputError, match=r"missing matrix\.mtx"):
-        io.detect_format(tmp_path / "empty_dir")
+        detect_format(tmp_path / "empty_dir")
 
     with pytest.raises(InputError, match="does not exist"):
-        io.detect_format(tmp_path / "nope.h5")
+        detect_format(tmp_path / "nope.h5")
 
 
 def test_detect_format_geo_triplet_missing_sibling(tmp_path: Path) -> None:
-    io.write_10x_mtx(make_counts(), tmp_path, prefix="GSM1_A_")
+    write_10x_mtx(make_counts(), tmp_path, prefix="GSM1_A_")
     (tmp_path / "GSM1_A_barcodes.tsv.gz").unlink()
     with pytest.raises(InputError, match=r"GSM1_A_barcodes\.tsv\(\.gz\)"):
-        io.detect_format(tmp_path / "GSM1_A_matrix.mtx.gz")
+        detect_format(tmp_path / "GSM1_A_matrix.mtx.gz")
 
 
 def test_cellranger_v2_parent_folder_points_to_genome_subfolder(tmp_path: Path) -> None:
-    io.write_10x_mtx(make_counts(), tmp_path / "filtered" / "GRCh38")
+    write_10x_mtx(make_counts(), tmp_path / "filtered" / "GRCh38")
     with pytest.raises(InputError, match="subfolder 'GRCh38'"):
-        io.detect_format(tmp_path / "filtered")
+        detect_format(tmp_path / "filtered")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,7 +153,7 @@ def test_cellranger_v2_parent_folder_points_to_genome_subfolder(tmp_path: Path) 
 
 def test_write_10x_mtx_round_trip(tmp_path: Path) -> None:
     adata = make_counts()
-    matrix = io.write_10x_mtx(adata, tmp_path / "out", prefix="GSM1_")
+    matrix = write_10x_mtx(adata, tmp_path / "out", prefix="GSM1_")
     assert matrix == tmp_path / "out" / "GSM1_matrix.mtx.gz"
     with gzip.open(matrix, "rt") as fh:
         assert fh.readline().startswith("%%MatrixMarket matrix coordinate integer general")
@@ -164,7 +169,7 @@ def test_write_10x_mtx_round_trip(tmp_path: Path) -> None:
 
 def test_write_10x_h5_round_trip(tmp_path: Path) -> None:
     adata = make_counts()
-    path = io.write_10x_h5(adata, tmp_path / "filtered_feature_bc_matrix.h5")
+    path = write_10x_h5(adata, tmp_path / "filtered_feature_bc_matrix.h5")
     got = io.read_counts(path)
     assert_same_counts(got, adata)
     with warnings.catch_warnings():  # scanpy keeps the duplicated symbol as is
@@ -180,7 +185,7 @@ def test_writers_reject_non_integer_counts(tmp_path: Path) -> None:
     adata = make_counts(dup_symbol=False)
     adata.X = adata.X * 0.5
     with pytest.raises(ValueError, match="integer"):
-        io.write_10x_h5(adata, tmp_path / "x.h5")
+        write_10x_h5(adata, tmp_path / "x.h5")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,7 +195,7 @@ def test_writers_reject_non_integer_counts(tmp_path: Path) -> None:
 
 def test_read_counts_keeps_only_gene_expression(tmp_path: Path) -> None:
     adata = make_counts(dup_symbol=False)
-    io.write_10x_mtx(adata, tmp_path)
+    write_10x_mtx(adata, tmp_path)
     features = pd.read_csv(tmp_path / "features.tsv.gz", sep="\t", header=None)
     features.iloc[-2:, 2] = "Antibody Capture"
     with gzip.open(tmp_path / "features.tsv.gz", "wt") as fh:
@@ -257,23 +262,23 @@ def test_read_counts_ensembl_only_h5ad_rejected(tmp_path: Path) -> None:
     assert "Ensembl ids and no symbol column was found" in str(err.value)
     assert "Fix: add a var column 'gene_symbols'" in str(err.value)
     with pytest.raises(InputError, match="Ensembl ids"):
-        io.peek_counts(tmp_path / "ens.h5ad", "h5ad")
+        peek_counts(tmp_path / "ens.h5ad", "h5ad")
 
 
 @pytest.mark.parametrize("column", ["gene_symbols", "feature_name"])
 def test_read_counts_ensembl_h5ad_with_symbol_column(tmp_path: Path, column: str) -> None:
     adata = _ensembl_h5ad(tmp_path / "ens.h5ad", column)
-    io.peek_counts(tmp_path / "ens.h5ad", "h5ad")
+    peek_counts(tmp_path / "ens.h5ad", "h5ad")
     got = io.read_counts(tmp_path / "ens.h5ad")
     assert_same_counts(got, adata)
 
 
 def test_read_counts_mtx_single_ensembl_column_rejected(tmp_path: Path) -> None:
-    io.write_10x_mtx(make_counts(), tmp_path)
+    write_10x_mtx(make_counts(), tmp_path)
     features = pd.read_csv(tmp_path / "features.tsv.gz", sep="\t", header=None)
     with gzip.open(tmp_path / "features.tsv.gz", "wt") as fh:
         features[[0]].to_csv(fh, sep="\t", header=False, index=False)
-    for check in (io.read_counts, lambda p: io.peek_counts(p, "10x_mtx")):
+    for check in (io.read_counts, lambda p: peek_counts(p, "10x_mtx")):
         with pytest.raises(InputError, match="Ensembl ids and no symbol column"):
             check(tmp_path)
 
@@ -285,12 +290,12 @@ def test_read_counts_corrupt_files(tmp_path: Path) -> None:
         with pytest.raises(InputError, match="cannot be read"):
             io.read_counts(tmp_path / name)
         with pytest.raises(InputError, match="cannot be read"):
-            io.peek_counts(tmp_path / name, None)
+            peek_counts(tmp_path / name, None)
 
 
 def test_read_counts_rejects_layer_for_non_h5ad(tmp_path: Path) -> None:
-    io.write_10x_h5(make_counts(), tmp_path / "x.h5")
-    with pytest.raises(InputError, match="only applies to .h5ad"):
+    write_10x_h5(make_counts(), tmp_path / "x.h5")
+    with pytest.raises(InputError, match=r"only applies to \.h5ad"):
         io.read_counts(tmp_path / "x.h5", counts_layer="counts")
 
 
@@ -312,27 +317,27 @@ def test_peek_normalized_h5ad_rejected_without_full_load(
     monkeypatch.setattr(anndata, "read_h5ad", forbidden)
     monkeypatch.setattr(anndata.io, "read_elem", forbidden)
     with pytest.raises(InputError) as err:
-        io.peek_counts(path, "h5ad", source="s.tsv line 2 (sample 'A')")
+        peek_counts(path, "h5ad", source="s.tsv line 2 (sample 'A')")
     msg = str(err.value)
     assert msg.startswith("s.tsv line 2 (sample 'A'): ")
     assert "normalized/log-transformed" in msg and "'counts'" in msg and "Fix:" in msg
-    io.peek_counts(path, "h5ad", counts_layer="counts")  # raw layer passes
+    peek_counts(path, "h5ad", counts_layer="counts")  # raw layer passes
     with pytest.raises(InputError, match="available layers: 'counts'"):
-        io.peek_counts(path, "h5ad", counts_layer="missing")
+        peek_counts(path, "h5ad", counts_layer="missing")
 
 
 def test_peek_accepts_valid_inputs(tmp_path: Path) -> None:
     adata = make_counts()
-    io.write_10x_mtx(adata, tmp_path / "mtx")
-    io.write_10x_h5(adata, tmp_path / "x.h5")
+    write_10x_mtx(adata, tmp_path / "mtx")
+    write_10x_h5(adata, tmp_path / "x.h5")
     adata.write_h5ad(tmp_path / "x.h5ad")
-    io.peek_counts(tmp_path / "mtx", "10x_mtx")
-    io.peek_counts(tmp_path / "x.h5", "10x_h5")
-    io.peek_counts(tmp_path / "x.h5ad", "h5ad", n_values=5)
+    peek_counts(tmp_path / "mtx", "10x_mtx")
+    peek_counts(tmp_path / "x.h5", "10x_h5")
+    peek_counts(tmp_path / "x.h5ad", "h5ad", n_values=5)
 
 
 def test_peek_mtx_non_integer_and_truncated(tmp_path: Path) -> None:
-    io.write_10x_mtx(make_counts(), tmp_path)
+    write_10x_mtx(make_counts(), tmp_path)
     matrix = tmp_path / "matrix.mtx.gz"
     original = gzip.decompress(matrix.read_bytes()).decode()
     header, comment, size, *entries = original.splitlines()
@@ -340,36 +345,45 @@ def test_peek_mtx_non_integer_and_truncated(tmp_path: Path) -> None:
     real += [f"{e.rsplit(' ', 1)[0]} {int(e.rsplit(' ', 1)[1]) / 3:.4f}" for e in entries]
     matrix.write_bytes(gzip.compress(("\n".join(real) + "\n").encode()))
     with pytest.raises(InputError, match="normalized/log-transformed"):
-        io.peek_counts(tmp_path, "10x_mtx")
+        peek_counts(tmp_path, "10x_mtx")
     with pytest.raises(InputError, match="normalized/log-transformed"):
         io.read_counts(tmp_path)
 
     matrix.write_bytes(gzip.compress(original.encode())[:-30])  # truncated download
     with pytest.raises(InputError, match="cannot be read"):
-        io.peek_counts(tmp_path, "10x_mtx")
+        peek_counts(tmp_path, "10x_mtx")
 
 
 def test_peek_mtx_dimension_mismatch(tmp_path: Path) -> None:
-    io.write_10x_mtx(make_counts(), tmp_path)
-    io.write_10x_mtx(make_counts(n_cells=5), tmp_path / "other")
+    write_10x_mtx(make_counts(), tmp_path)
+    write_10x_mtx(make_counts(n_cells=5), tmp_path / "other")
     (tmp_path / "other" / "barcodes.tsv.gz").replace(tmp_path / "barcodes.tsv.gz")
     with pytest.raises(InputError, match="5 barcodes"):
-        io.peek_counts(tmp_path, None)
+        peek_counts(tmp_path, None)
 
 
 def test_read_h5ad_parts_reads_only_what_is_asked(tmp_path: Path) -> None:
     counts = sp.random(30, 12, density=0.3, format="csr", random_state=0, dtype=np.float32)
-    full = anndata.AnnData(X=counts * 2, obs=pd.DataFrame({"sample": ["a"] * 30}, index=[f"c{i}" for i in range(30)]),
-                           var=pd.DataFrame(index=[f"g{i}" for i in range(12)]),
-                           layers={"counts": counts}, obsm={"X_umap": np.ones((30, 2)), "X_pca": np.zeros((30, 5))},
-                           obsp={"connectivities": sp.identity(30, format="csr")})
+    full = anndata.AnnData(
+        X=counts * 2,
+        obs=pd.DataFrame({"sample": ["a"] * 30}, index=[f"c{i}" for i in range(30)]),
+        var=pd.DataFrame(index=[f"g{i}" for i in range(12)]),
+        layers={"counts": counts},
+        obsm={"X_umap": np.ones((30, 2)), "X_pca": np.zeros((30, 5))},
+        obsp={"connectivities": sp.identity(30, format="csr")},
+    )
     path = tmp_path / "full.h5ad"
     full.write_h5ad(path)
-    only_counts = io.read_h5ad_parts(path, x=False, layers=["counts"])
-    assert only_counts.X is None and list(only_counts.layers) == ["counts"] and not only_counts.obsm and not only_counts.obsp
+    only_counts = read_h5ad_parts(path, x=False, layers=["counts"])
+    assert (
+        only_counts.X is None
+        and list(only_counts.layers) == ["counts"]
+        and not only_counts.obsm
+        and not only_counts.obsp
+    )
     assert (only_counts.layers["counts"] != counts).nnz == 0
     assert list(only_counts.obs["sample"]) == ["a"] * 30 and list(only_counts.var_names) == list(full.var_names)
-    x_and_umap = io.read_h5ad_parts(path, obsm=["X_umap"])
+    x_and_umap = read_h5ad_parts(path, obsm=["X_umap"])
     assert (x_and_umap.X != full.X).nnz == 0 and list(x_and_umap.obsm) == ["X_umap"] and not x_and_umap.layers
     with pytest.raises(KeyError, match="layers/spliced"):
-        io.read_h5ad_parts(path, layers=["spliced"])
+        read_h5ad_parts(path, layers=["spliced"])

@@ -10,7 +10,7 @@ import yaml
 from conftest import ROOT, SNAKEMAKE
 
 sys.path.insert(0, str(ROOT / "tools"))
-from write_envs import locked_requirements  # noqa: E402
+from write_envs import locked_requirements
 
 
 def test_snakemake_lint_is_clean():
@@ -27,8 +27,10 @@ def test_conda_env_pins_exactly_the_locked_versions():
 
 
 def test_direct_requirements_are_locked_at_their_pinned_versions():
-    locked = {line.split("==")[0].lower().replace("_", "-"): line.split("==")[1]
-              for line in locked_requirements(ROOT / "requirements.lock")}
+    locked = {
+        line.split("==")[0].lower().replace("_", "-"): line.split("==")[1]
+        for line in locked_requirements(ROOT / "requirements.lock")
+    }
     for line in locked_requirements(ROOT / "requirements.in"):
         name, _, version = line.partition("==")
         key = name.lower().replace("_", "-")

@@ -7,7 +7,11 @@ import pandas as pd
 import pytest
 
 from pbmc_prepost import qc
-from pbmc_prepost.simulate import SimulationParams, simulate
+from pbmc_prepost.settings import QCSettings, default_config
+
+from conftest import settings_of
+
+DEFAULTS = settings_of(QCSettings)
 
 
 def test_mad_bounds_use_the_unscaled_mad():
@@ -23,19 +27,28 @@ def test_mad_bounds_of_a_constant_metric_flag_nothing_inside():
 
 
 def obs_frame(total, genes, top, mt):
-    return pd.DataFrame({
-        "total_counts": total, "log1p_total_counts": np.log1p(total),
-        "n_genes_by_counts": genes, "log1p_n_genes_by_counts": np.log1p(genes),
-        "pct_counts_in_top_20_genes": top, "pct_counts_mt": mt,
-    })
+    return pd.DataFrame(
+        {
+            "total_counts": total,
+            "log1p_total_counts": np.log1p(total),
+            "n_genes_by_counts": genes,
+            "log1p_n_genes_by_counts": np.log1p(genes),
+            "pct_counts_in_top_20_genes": top,
+            "pct_counts_mt": mt,
+        }
+    )
 
 
 def test_thresholds_combine_mad_and_absolute_limits():
     rng = np.random.default_rng(0)
     n = 500
-    obs = obs_frame(np.exp(rng.normal(8, 0.3, n)), np.exp(rng.normal(7, 0.2, n)), rng.normal(30, 3, n),
-                    rng.normal(3, 0.5, n).clip(0))
-    settings = qc.QCSettings(min_counts=2500, max_pct_mt=4.0)
+    obs = obs_frame(
+        np.exp(rng.normal(8, 0.3, n)),
+        np.exp(rng.normal(7, 0.2, n)),
+        rng.normal(30, 3, n),
+        rng.normal(3, 0.5, n).clip(0),
+    )
+    settings = DEFAULTS._replace(min_counts=2500, max_pct_mt=4.0)
     thresholds = qc.metric_thresholds(obs, settings)
     assert thresholds["min_total_counts"] == 2500  # absolute floor above the MAD bound
     assert thresholds["max_pct_mt"] == 4.0  # absolute ceiling below median + 3 MADs
@@ -51,7 +64,7 @@ def test_mito_outliers_are_flagged_per_sample_not_pooled():
     mt_a = np.concatenate([rng.normal(2, 0.2, 285), np.full(15, 5.0)])
     a = obs_frame(np.full(300, 3000.0), np.full(300, 1000.0), np.full(300, 30.0), mt_a)
     b = obs_frame(np.full(300, 3000.0), np.full(300, 1000.0), np.full(300, 30.0), rng.normal(6, 0.3, 300))
-    settings = qc.QCSettings()
+    settings = DEFAULTS
     damaged = np.arange(300) >= 285
     per_sample = qc.metric_failures(a, qc.metric_thresholds(a, settings))["high_pct_mt"].to_numpy()
     pooled = pd.concat([a, b], ignore_index=True)
@@ -61,13 +74,13 @@ def test_mito_outliers_are_flagged_per_sample_not_pooled():
 
 
 @pytest.fixture(scope="module")
-def tiny_sample():
-    data = simulate(SimulationParams(n_donors=1, cells_per_sample=900, n_genes=1500, seed=7))
-    return data.samples["D1_pre"]
+def tiny_sample(cohort):
+    """One raw sample of the shared cohort: every barcode, dying cells and doublets included."""
+    return cohort.samples["D1_pre"]
 
 
 def test_run_sample_qc_finds_planted_dying_cells_and_doublets(tiny_sample):
-    result = qc.run_sample_qc(tiny_sample, "D1_pre", qc.QCSettings())
+    result = qc.run_sample_qc(tiny_sample, "D1_pre", DEFAULTS)
     truth = tiny_sample.obs
     cells = result.cells.set_index("barcode").loc[truth.index]
     removed = ~cells["qc_pass"].to_numpy()
@@ -85,10 +98,10 @@ def test_run_sample_qc_finds_planted_dying_cells_and_doublets(tiny_sample):
 
 
 def test_run_sample_qc_is_deterministic_and_keeps_doublets_when_asked(tiny_sample):
-    first = qc.run_sample_qc(tiny_sample, "s", qc.QCSettings())
-    again = qc.run_sample_qc(tiny_sample, "s", qc.QCSettings())
+    first = qc.run_sample_qc(tiny_sample, "s", DEFAULTS)
+    again = qc.run_sample_qc(tiny_sample, "s", DEFAULTS)
     pd.testing.assert_frame_equal(first.cells, again.cells)
-    kept = qc.run_sample_qc(tiny_sample, "s", qc.QCSettings(remove_doublets=False))
+    kept = qc.run_sample_qc(tiny_sample, "s", DEFAULTS._replace(remove_doublets=False))
     assert kept.summary["failed_doublet"] == 0
     assert kept.cells["predicted_doublet"].sum() == first.cells["predicted_doublet"].sum() > 0
     # Calls at the expected rate: about 5 % of the cells scored.
@@ -101,7 +114,7 @@ def test_sparse_scrublet_finds_the_same_doublets(tiny_sample):
     planted doublets about as well as scanpy's default dense PCA (mean_center=true)."""
     recall, scores = {}, {}
     for mean_center in (True, False):
-        settings = qc.QCSettings.from_config({}, {"mean_center": mean_center}, seed=0)
+        settings = QCSettings.from_config(default_config(doublets={"mean_center": mean_center}))
         assert settings.mean_center is mean_center
         result = qc.run_sample_qc(tiny_sample, "D1_pre", settings)
         cells = result.cells.set_index("barcode").loc[tiny_sample.obs.index]
@@ -113,13 +126,16 @@ def test_sparse_scrublet_finds_the_same_doublets(tiny_sample):
 
 def test_small_sample_skips_doublet_calling_with_nan_scores(tiny_sample):
     small = tiny_sample[:60].copy()
-    result = qc.run_sample_qc(small, "small", qc.QCSettings(min_cells_for_doublets=100))
+    result = qc.run_sample_qc(small, "small", DEFAULTS._replace(min_cells_for_doublets=100))
     assert result.cells["doublet_score"].isna().all()
     assert not result.cells["predicted_doublet"].any()
 
 
 def test_settings_from_config_apply_sample_overrides():
-    settings = qc.QCSettings.from_config({"max_pct_mt": 8, "nmads_mt": 3}, {"remove": False}, seed=3,
-                                         overrides={"max_pct_mt": 15})
+    config = default_config(
+        qc={"max_pct_mt": 8, "sample_overrides": {"D3_post": {"max_pct_mt": 15}}}, doublets={"remove": False}, seed=3
+    )
+    settings = QCSettings.from_config(config, "D3_post")
     assert settings.max_pct_mt == 15 and settings.nmads_mt == 3
     assert settings.remove_doublets is False and settings.seed == 3
+    assert QCSettings.from_config(config, "D1_pre").max_pct_mt == 8

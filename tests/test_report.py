@@ -30,6 +30,7 @@ import subprocess
 import time
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -46,16 +47,35 @@ HEADLINE = {
     "results/figures/enrichment/heatmap_gsea.png": "6. Enrichment",
     "results/figures/enrichment/donor_scores.png": "6. Enrichment",
 }
-CATEGORIES = ["0. Summary", "1. Quality control", "2. Clustering", "3. Annotation", "4. Composition",
-              "5. Differential expression", "6. Enrichment", "7. Provenance"]
+CATEGORIES = [
+    "0. Summary",
+    "1. Quality control",
+    "2. Clustering",
+    "3. Annotation",
+    "4. Composition",
+    "5. Differential expression",
+    "6. Enrichment",
+    "7. Provenance",
+]
 VIEWPORT = (1600, 1300)  # tall enough for each headline figure to show whole
 # Offline: no proxy lookup, every host name unresolvable, any proxied request sent to a closed port,
 # no background traffic (updates, safe browsing, metrics).
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-    "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--disable-extensions", "--disable-default-apps", "--metrics-recording-only",
-    "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--disable-default-apps",
+    "--metrics-recording-only",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+    "--proxy-server=127.0.0.1:9",
+    "--proxy-bypass-list=<-loopback>",
     f"--window-size={VIEWPORT[0]},{VIEWPORT[1]}",
 ]
 
@@ -88,11 +108,25 @@ class DevTools:
         self.log = log
         # chromium reads commands on fd 3 and writes answers and events on fd 4; the shell puts
         # the pipe ends there (pass_fds keeps descriptor numbers; dash cannot redirect from fds > 9).
-        command = ["bash", "-c", f'exec "$0" "$@" 3<&{to_browser_read} 4>&{from_browser_write}',
-                   chromium, *CHROMIUM_FLAGS, "--remote-debugging-pipe", f"--user-data-dir={profile}", "about:blank"]
+        command = [
+            "bash",
+            "-c",
+            f'exec "$0" "$@" 3<&{to_browser_read} 4>&{from_browser_write}',
+            chromium,
+            *CHROMIUM_FLAGS,
+            "--remote-debugging-pipe",
+            f"--user-data-dir={profile}",
+            "about:blank",
+        ]
         with open(log, "wb") as stream:
-            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stream, stderr=stream,
-                                            pass_fds=(to_browser_read, from_browser_write), start_new_session=True)
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=stream,
+                stderr=stream,
+                pass_fds=(to_browser_read, from_browser_write),
+                start_new_session=True,
+            )
         os.close(to_browser_read)
         os.close(from_browser_write)
         self._buffer = b""
@@ -105,10 +139,14 @@ class DevTools:
             for method in ("Page.enable", "Runtime.enable", "Network.enable"):
                 self.send(method)
             # DevTools' own offline mode on top of the flags: any network request fails (files load).
-            self.send("Network.emulateNetworkConditions",
-                      {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
-            self.send("Emulation.setDeviceMetricsOverride",
-                      {"width": VIEWPORT[0], "height": VIEWPORT[1], "deviceScaleFactor": 1, "mobile": False})
+            self.send(
+                "Network.emulateNetworkConditions",
+                {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
+            )
+            self.send(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": VIEWPORT[0], "height": VIEWPORT[1], "deviceScaleFactor": 1, "mobile": False},
+            )
         except BaseException:
             self.close()
             raise
@@ -116,7 +154,7 @@ class DevTools:
     def close(self) -> None:
         try:
             self.send("Browser.close", timeout=10)
-        except Exception:  # noqa: BLE001 - already gone or hanging: killed below
+        except Exception:
             pass
         try:
             self.process.wait(timeout=10)
@@ -148,7 +186,7 @@ class DevTools:
             message["sessionId"] = self.session
         data = json.dumps(message).encode() + b"\0"
         while data:
-            data = data[os.write(self._write_fd, data):]
+            data = data[os.write(self._write_fd, data) :]
         deadline = time.monotonic() + timeout
         while True:
             answer = self._receive(deadline)
@@ -239,7 +277,7 @@ def _grey(image: Image.Image, size: tuple[int, int] | None = None) -> np.ndarray
 class _ResourceLinks(HTMLParser):
     """Attributes that make a browser load something, in the markup (not inside scripts)."""
 
-    ATTRIBUTES = {"src", "srcset", "data", "poster", "background", "xlink:href"}
+    ATTRIBUTES: ClassVar[set[str]] = {"src", "srcset", "data", "poster", "background", "xlink:href"}
 
     def __init__(self):
         super().__init__()
@@ -310,16 +348,19 @@ def _open_category(browser: DevTools, category: str) -> None:
     browser.load()
     entry = f"[...document.querySelectorAll('nav a')].filter(a => a.innerText.trim() === {json.dumps(category)})"
     browser.wait_until(f"{LOADED} && {entry}.length", f"menu entry {category!r}")
-    hits = browser.evaluate(f"(() => {{ const hits = {entry}; if (hits.length === 1) hits[0].click(); "
-                            "return hits.length; })()")
+    hits = browser.evaluate(
+        f"(() => {{ const hits = {entry}; if (hits.length === 1) hits[0].click(); return hits.length; }})()"
+    )
     assert hits == 1, f"{hits} menu entries named {category!r}"
 
 
 def _row(labels: list[str]) -> str:
     """JavaScript: the rows of the category's table that show all of a result's labels."""
-    return ("[...document.querySelectorAll('nav table tbody tr')].filter(row => "
-            f"{json.dumps(labels)}.every(label => [...row.querySelectorAll('td')]"
-            ".some(td => td.innerText.trim() === label)))")
+    return (
+        "[...document.querySelectorAll('nav table tbody tr')].filter(row => "
+        f"{json.dumps(labels)}.every(label => [...row.querySelectorAll('td')]"
+        ".some(td => td.innerText.trim() === label)))"
+    )
 
 
 LOADED = "document.querySelector('#loading-screen').style.display === 'none'"
@@ -338,8 +379,10 @@ def test_report_renders_offline_and_shows_headline_figures(report, browser, tmp_
     results, categories = _embedded(text, "results"), _embedded(text, "categories")
     browser.load(report.resolve().as_uri())
     # Rendered by the page's JavaScript (React): loading screen gone, categories in the menu.
-    menu = browser.wait_until(f"{LOADED} && document.querySelector('nav') && document.querySelector('nav').innerText",
-                              "the report's menu rendered")
+    menu = browser.wait_until(
+        f"{LOADED} && document.querySelector('nav') && document.querySelector('nav').innerText",
+        "the report's menu rendered",
+    )
     for category in CATEGORIES:
         assert category in menu.splitlines(), f"category {category!r} not in the rendered menu:\n{menu}"
     page = browser.screenshot()
@@ -372,8 +415,9 @@ def test_report_renders_offline_and_shows_headline_figures(report, browser, tmp_
         caption = _caption_text(results[path]["caption"])
         assert caption, f"{path} has no caption"
         browser.evaluate(f"{row}[0].querySelectorAll('td:last-child a')[1].click()")
-        info = browser.wait_until("app.state.navbarMode === 'resultinfo' && document.querySelector('nav').innerText",
-                                  f"info of {path}")
+        info = browser.wait_until(
+            "app.state.navbarMode === 'resultinfo' && document.querySelector('nav').innerText", f"info of {path}"
+        )
         assert caption in " ".join(info.split()), f"caption of {path} not shown:\n{info}"
 
     # Offline throughout: only the file and inline data were requested, nothing failed to load,
@@ -385,6 +429,12 @@ def test_report_renders_offline_and_shows_headline_figures(report, browser, tmp_
     assert not failed, failed[:3]
     errors = [e["params"]["exceptionDetails"] for e in browser.events if e.get("method") == "Runtime.exceptionThrown"]
     assert not errors, errors[:3]
-    probe = browser.send("Runtime.evaluate", {"expression": "fetch('https://example.org/').then(() => 'loaded', "
-                                              "() => 'failed')", "awaitPromise": True, "returnByValue": True})
+    probe = browser.send(
+        "Runtime.evaluate",
+        {
+            "expression": "fetch('https://example.org/').then(() => 'loaded', () => 'failed')",
+            "awaitPromise": True,
+            "returnByValue": True,
+        },
+    )
     assert probe["result"]["value"] == "failed", probe

@@ -33,11 +33,13 @@ def compilations(cache_dir: Path, mode: str) -> int:
     return json.loads(out.stdout.strip().splitlines()[-1])["compiled"]
 
 
+@pytest.mark.slow
 def test_second_job_loads_knn_code_from_the_cache(tmp_path):
     assert compilations(tmp_path / "numba", "on") > 0  # the first job compiles and writes the cache
     assert compilations(tmp_path / "numba", "on") == 0  # the next one loads everything
 
 
+@pytest.mark.slow
 def test_without_it_pynndescent_compiles_in_every_job(tmp_path):
     """The control: NUMBA_CACHE_DIR alone leaves most of pynndescent's functions uncached."""
     compilations(tmp_path / "numba", "off")
@@ -58,6 +60,7 @@ print(json.dumps({"scanpy": loaded, "n_jobs": n_jobs}))
 def test_start_job_sets_scanpy_threads_only_where_needed(threads, scanpy, n_jobs):
     """A 1-thread job that never uses scanpy does not pay its 2-s import; a threaded one gets n_jobs."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
-    out = subprocess.run([sys.executable, "-c", START, str(threads)], env=env, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", START, str(threads)], env=env, capture_output=True, text=True, check=True
+    )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"scanpy": scanpy, "n_jobs": n_jobs}

@@ -11,14 +11,18 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from pbmc_prepost import InputError, io
-from pbmc_prepost.samplesheet import (
-    DEFAULT_BATCH,
-    Contrast,
-    SheetReport,
-    format_warnings,
-    load_sample_sheet,
-)
+from pbmc_prepost import InputError, samplesheet
+from pbmc_prepost.design import Contrast
+from pbmc_prepost.samplesheet import DEFAULT_BATCH, SheetReport
+from pbmc_prepost.simulation.writers import write_10x_h5, write_10x_mtx
+
+from conftest import CONTRAST
+
+
+def load_sample_sheet(path, contrast: Contrast = CONTRAST, **kwargs) -> SheetReport:
+    """The sheet with the shipped configuration's contrast unless another is given."""
+    return samplesheet.load_sample_sheet(path, contrast, **kwargs)
+
 
 SHEET = "config/samples.tsv"
 HEADER = "sample\tdonor\ttimepoint\tpath"
@@ -41,10 +45,10 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working folder (the cwd) holding one input of every layout under data/."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "config").mkdir()
-    io.write_10x_mtx(counts(1), "data/D1_pre")  # Cell Ranger folder
-    io.write_10x_h5(counts(2), "data/D1_post.h5")
+    write_10x_mtx(counts(1), "data/D1_pre")  # Cell Ranger folder
+    write_10x_h5(counts(2), "data/D1_post.h5")
     counts(3).write_h5ad("data/D2_pre.h5ad")
-    io.write_10x_mtx(counts(4), "data/geo", prefix="GSM4_D2_post_")  # GEO triplet
+    write_10x_mtx(counts(4), "data/geo", prefix="GSM4_D2_post_")  # GEO triplet
     layered = counts(5)
     layered.layers["counts"] = layered.X.copy()
     layered.X = layered.X.multiply(0.37).tocsr()  # "normalized" X, raw counts in a layer
@@ -80,9 +84,7 @@ def find(messages: list[str], line: int | None, sample: str | None, *fragments: 
         prefix += f" (sample '{sample}')"
     prefix += ": "
     hits = [m for m in messages if m.startswith(prefix) and all(f in m for f in fragments)]
-    assert len(hits) == 1, f"no single message {prefix!r} with {fragments} in:\n" + "\n".join(
-        messages
-    )
+    assert len(hits) == 1, f"no single message {prefix!r} with {fragments} in:\n" + "\n".join(messages)
     assert "Fix:" in hits[0]
     return hits[0]
 
@@ -118,9 +120,7 @@ def test_valid_sheet_paired_donors_and_filled_columns(project: Path) -> None:
     assert s["format"].tolist() == ["10x_mtx", "10x_h5", "h5ad", "10x_mtx", "h5ad"]
     assert (s["batch"] == DEFAULT_BATCH).all()
     assert s.loc["D2_post", "path"] == "data/geo/GSM4_D2_post_matrix.mtx.gz"  # as written
-    assert s.loc["D2_post", "resolved_path"] == str(
-        project / "data/geo/GSM4_D2_post_matrix.mtx.gz"
-    )
+    assert s.loc["D2_post", "resolved_path"] == str(project / "data/geo/GSM4_D2_post_matrix.mtx.gz")
     assert s.loc["D3_pre", "counts_layer"] == "counts"
     # line numbers count comment and blank lines, as an editor shows them
     assert s.loc["D3_pre", "source"] == f"{SHEET} line 10 (sample 'D3_pre')"
@@ -128,7 +128,6 @@ def test_valid_sheet_paired_donors_and_filled_columns(project: Path) -> None:
     # D3 only has 'pre': the single warning
     assert len(report.warnings) == 1
     find(report.warnings, 10, "D3_pre", "donor 'D3' has only timepoint 'pre'", "excluded from")
-    assert format_warnings(report) == report.warnings[0]
 
 
 def test_inputs_never_modified(project: Path) -> None:
@@ -163,7 +162,7 @@ def test_extra_columns_are_carried(project: Path) -> None:
 
 
 def test_custom_contrast_column(project: Path) -> None:
-    contrast = Contrast(column="treatment", reference="untreated", treated="drug")
+    contrast = Contrast(column="treatment", reference="untreated", treated="drug", pair_by="donor")
     sheet = write_sheet(
         "sample\tdonor\ttreatment\tpath",
         row("D1_pre", "D1", "untreated", "data/D1_pre"),

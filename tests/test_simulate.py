@@ -7,19 +7,25 @@ import pandas as pd
 import pytest
 
 from pbmc_prepost import io as count_io
-from pbmc_prepost.simulate import (IL7_T_EFFECTS, LINEAGE, SimulationParams, simulate, write_dataset)
+from pbmc_prepost.simulation import PRESETS, SimulationParams, simulate, write_dataset
+from pbmc_prepost.simulation.biology import IL7_T_EFFECTS, LINEAGE
 
-PARAMS = dict(n_donors=3, cells_per_sample=600, n_genes=1500, seed=11)
-
-
-@pytest.fixture(scope="module")
-def treated():
-    return simulate(SimulationParams(**PARAMS))
+from conftest import ROOT
 
 
 @pytest.fixture(scope="module")
-def null():
-    return simulate(SimulationParams(**PARAMS, treatment_effect=False))
+def treated(cohort):
+    return cohort
+
+
+@pytest.fixture(scope="module")
+def null(null_cohort):
+    return null_cohort
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return simulate(PRESETS["tiny"])
 
 
 def t_cell_fraction(data, timepoint):
@@ -38,11 +44,24 @@ def pseudobulk_log2fc(data, gene, lineages):
     return float(np.mean([np.log2(values[f"{d}_post"] / values[f"{d}_pre"]) for d in donors]))
 
 
-def test_same_seed_same_counts(treated):
-    again = simulate(SimulationParams(**PARAMS))
-    for sample in treated.samples:
-        a, b = treated.samples[sample], again.samples[sample]
+def test_same_seed_same_counts(tiny):
+    again = simulate(PRESETS["tiny"])
+    for sample in tiny.samples:
+        a, b = tiny.samples[sample], again.samples[sample]
         assert (a.X != b.X).nnz == 0 and list(a.obs_names) == list(b.obs_names)
+
+
+def test_the_embedded_example_is_the_example_preset(treated):
+    """resources/example is what `make example` writes from the preset: same barcodes and truth."""
+    truth = pd.read_csv(
+        ROOT / "resources" / "example" / "truth" / "cells.tsv.gz",
+        sep="\t",
+        dtype={"barcode": str},
+        keep_default_na=False,
+    )
+    simulated = pd.concat([a.obs.assign(sample=s, barcode=a.obs_names) for s, a in treated.samples.items()])
+    assert list(truth["barcode"]) == list(simulated["barcode"])
+    assert list(truth["cell_type"]) == list(simulated["cell_type"])
 
 
 def test_counts_are_integers_with_real_symbols_and_artefacts(treated):
@@ -72,7 +91,7 @@ def test_null_twin_has_no_treatment_effect(null):
 
 def test_truth_records_the_planted_effects(treated):
     assert treated.truth["de_log2fc"]["T cells (all T subsets)"] == IL7_T_EFFECTS
-    assert len(treated.truth["samples"]) == 6
+    assert len(treated.truth["samples"]) == 2 * PRESETS["example"].n_donors
 
 
 def test_written_dataset_reads_back_in_every_layout(treated, tmp_path):
@@ -87,21 +106,21 @@ def test_written_dataset_reads_back_in_every_layout(treated, tmp_path):
     assert len(truth) == sum(a.n_obs for a in treated.samples.values())
 
 
-def test_same_seed_same_counts_in_another_process(treated):
+def test_same_seed_same_counts_in_another_process(tiny):
     """Python randomizes string hashing per process; the simulation must not depend on it."""
     import hashlib
     import os
     import subprocess
     import sys
 
-    from conftest import ROOT
-
-    code = ("import hashlib; from pbmc_prepost.simulate import simulate, SimulationParams; "
-            f"d = simulate(SimulationParams(**{PARAMS!r})); "
-            "print(hashlib.md5(b''.join(a.X.toarray().tobytes() for a in d.samples.values())).hexdigest())")
+    code = (
+        "import hashlib; from pbmc_prepost.simulation import simulate, PRESETS; "
+        "d = simulate(PRESETS['tiny']); "
+        "print(hashlib.md5(b''.join(a.X.toarray().tobytes() for a in d.samples.values())).hexdigest())"
+    )
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
     other = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    here = hashlib.md5(b"".join(a.X.toarray().tobytes() for a in treated.samples.values())).hexdigest()
+    here = hashlib.md5(b"".join(a.X.toarray().tobytes() for a in tiny.samples.values())).hexdigest()
     assert other.stdout.strip() == here
 
 
@@ -109,8 +128,11 @@ def marker_share(data, lineage: str, markers: list[str]) -> float:
     """Share of the UMIs of singlet, healthy cells of a lineage that fall on its markers."""
     shares = []
     for adata in data.samples.values():
-        keep = (adata.obs["lineage"] == lineage).to_numpy() & ~adata.obs["is_doublet"].to_numpy() \
+        keep = (
+            (adata.obs["lineage"] == lineage).to_numpy()
+            & ~adata.obs["is_doublet"].to_numpy()
             & ~adata.obs["is_dying"].to_numpy()
+        )
         counts = np.asarray(adata.X[keep].sum(0)).ravel()
         shares.append(counts[[adata.var_names.get_loc(g) for g in markers]].sum() / counts.sum())
     return float(np.mean(shares))
@@ -121,7 +143,10 @@ def test_markers_keep_their_share_of_umis_at_realistic_gene_counts():
     cell-type programs keep their share of each cell's UMIs instead of drowning in extra genes."""
     small = simulate(SimulationParams(n_donors=1, cells_per_sample=300, n_genes=3000, seed=3))
     large = simulate(SimulationParams(n_donors=1, cells_per_sample=300, n_genes=18000, seed=3))
-    for lineage, markers in {"CD14 mono": ["LYZ", "S100A8", "S100A9", "CD14"],
-                             "B": ["MS4A1", "CD79A", "CD79B"], "CD8 T": ["CD3E", "CD8A", "CD8B"]}.items():
+    for lineage, markers in {
+        "CD14 mono": ["LYZ", "S100A8", "S100A9", "CD14"],
+        "B": ["MS4A1", "CD79A", "CD79B"],
+        "CD8 T": ["CD3E", "CD8A", "CD8B"],
+    }.items():
         ratio = marker_share(large, lineage, markers) / marker_share(small, lineage, markers)
         assert 0.7 < ratio < 1.4, (lineage, ratio)

@@ -31,8 +31,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pbmc_prepost.simulation import PRESETS, simulate, write_dataset
+
 from conftest import ROOT, apt_install, run_snakemake
-from pbmc_prepost.simulate import SimulationParams, simulate, write_dataset
 
 pytestmark = pytest.mark.workflow
 
@@ -221,9 +222,16 @@ def slurm_cluster(tmp_path_factory):
     try:
         # munge: a private key and daemon, used only by this cluster (slurm.conf AuthInfo).
         _run(["mungekey", "--create", f"--keyfile={munge_dir / 'munge.key'}"])
-        _run(["munged", f"--socket={munge_socket}", f"--key-file={munge_dir / 'munge.key'}",
-              f"--pid-file={munge_pid}", f"--seed-file={munge_dir / 'munged.seed'}",
-              f"--log-file={state / 'munged.log'}"])
+        _run(
+            [
+                "munged",
+                f"--socket={munge_socket}",
+                f"--key-file={munge_dir / 'munge.key'}",
+                f"--pid-file={munge_pid}",
+                f"--seed-file={munge_dir / 'munged.seed'}",
+                f"--log-file={state / 'munged.log'}",
+            ]
+        )
         started.append(munge_pid)
 
         SLURM_ETC.mkdir(parents=True, exist_ok=True)
@@ -242,7 +250,9 @@ def slurm_cluster(tmp_path_factory):
         try:
             _wait_for_idle_node(node)
         except RuntimeError as error:
-            raise RuntimeError(f"{error}\n{_log_tail(state / 'slurmctld.log')}\n{_log_tail(state / 'slurmd.log')}")
+            raise RuntimeError(
+                f"{error}\n{_log_tail(state / 'slurmctld.log')}\n{_log_tail(state / 'slurmd.log')}"
+            ) from error
         yield {"node": node, "state": state, "jobcomp": state / "jobcomp.log", "real_memory": real_memory}
     finally:
         for command in (["scancel", "--partition", PARTITION], ["scontrol", "shutdown"]):
@@ -268,7 +278,7 @@ def slurm_cluster(tmp_path_factory):
 def slurm_and_local_runs(slurm_cluster, tmp_path_factory):
     """A small cohort run locally and through SLURM (profiles/slurm), at the same time."""
     base = tmp_path_factory.mktemp("slurm_runs")
-    data = simulate(SimulationParams(n_donors=3, cells_per_sample=500, n_genes=1500))
+    data = simulate(PRESETS["tiny"])
     sheet = base / "samples.tsv"
     write_dataset(data, base / "data", sheet, layout="10x_h5")
     local, slurm = base / "local", base / "slurm"
@@ -282,20 +292,31 @@ def slurm_and_local_runs(slurm_cluster, tmp_path_factory):
         # run_snakemake adds --cores 2: with the slurm executor it bounds the cores of a job
         # (embed_cells' 2 threads fit) and does not conflict with `jobs` of the profile.
         result = run_snakemake(
-            slurm, *COMPARED, "--profile", str(ROOT / "profiles" / "slurm"), "--config", f"samples={sheet}",
+            slurm,
+            *COMPARED,
+            "--profile",
+            str(ROOT / "profiles" / "slurm"),
+            "--config",
+            f"samples={sheet}",
             # The test cluster has no accounting database: squeue instead of sacct, no account.
-            "--slurm-status-command", "squeue", "--slurm-no-account",
+            "--slurm-status-command",
+            "squeue",
+            "--slurm-no-account",
             # The plugin checks job states this many seconds after the last finished job, then 10 s
             # later each time (8, 26, 54 s ...): most jobs here take 15-25 s.
-            "--slurm-init-seconds-before-status-checks", "8",
+            "--slurm-init-seconds-before-status-checks",
+            "8",
             "--slurm-keep-successful-logs",
-            check=False, timeout=1200,
+            check=False,
+            timeout=1200,
         )
         local_run.result()
     if result.returncode != 0:
         state = slurm_cluster["state"]
-        raise AssertionError(f"snakemake through SLURM failed ({result.returncode}):\n{result.stderr[-8000:]}\n"
-                             f"{_log_tail(state / 'slurmctld.log')}\n{_log_tail(state / 'slurmd.log')}")
+        raise AssertionError(
+            f"snakemake through SLURM failed ({result.returncode}):\n{result.stderr[-8000:]}\n"
+            f"{_log_tail(state / 'slurmctld.log')}\n{_log_tail(state / 'slurmd.log')}"
+        )
     print(f"local + SLURM runs: {time.monotonic() - started:.0f} s")
     return local, slurm, result
 
@@ -346,7 +367,7 @@ def _jobcomp_records(path: Path) -> dict[int, dict]:
 def _mem_mb(tres: str) -> int:
     value = dict(item.split("=", 1) for item in tres.split(","))["mem"]
     number, unit = float(value[:-1]), value[-1]
-    return int(round(number * {"M": 1, "G": 1024, "T": 1024 ** 2}[unit]))
+    return int(round(number * {"M": 1, "G": 1024, "T": 1024**2}[unit]))
 
 
 def test_every_job_ran_as_a_slurm_job_with_its_rule_resources(slurm_and_local_runs, slurm_cluster):
@@ -355,9 +376,19 @@ def test_every_job_ran_as_a_slurm_job_with_its_rule_resources(slurm_and_local_ru
     finished = {int(j): rule for j, rule in re.findall(r"Finished jobid: (\d+) \(Rule: (\S+)\)", result.stderr)}
     # Every rule job except the target rule `all` (run by Snakemake itself) went through sbatch.
     assert {job["jobid"] for job in submitted.values()} == {j for j, rule in finished.items() if rule != "all"}
-    assert {"qc_sample", "aggregate_qc", "merge_samples", "embed_cells", "cluster_cells", "assemble_clustered",
-            "annotate_cells", "test_composition", "pseudobulk_cells", "test_de_group",
-            "summarize_de"} <= {job["rule"] for job in submitted.values()}
+    assert {
+        "qc_sample",
+        "aggregate_qc",
+        "merge_samples",
+        "embed_cells",
+        "cluster_cells",
+        "assemble_clustered",
+        "annotate_cells",
+        "compare_composition",
+        "pseudobulk_cells",
+        "fit_de",
+        "summarize_de",
+    } <= {job["rule"] for job in submitted.values()}
     # SLURM's own record of each job (slurmctld's job completion log): finished, in the run folder,
     # with the CPUs, memory and time limit the rule asked for.
     records = _jobcomp_records(slurm_cluster["jobcomp"])
@@ -372,8 +403,13 @@ def test_every_job_ran_as_a_slurm_job_with_its_rule_resources(slurm_and_local_ru
         assert int(record["TimeLimit"]) == job["runtime"], (job, record["TimeLimit"])
     assert any(job["threads"] == 2 for job in submitted.values())  # embed_cells
     # squeue still lists them (what the plugin's status checks read).
-    queue = subprocess.run(["squeue", "--states=all", "--noheader", "--format=%i|%T"], capture_output=True,
-                           text=True, timeout=30, check=True).stdout
+    queue = subprocess.run(
+        ["squeue", "--states=all", "--noheader", "--format=%i|%T"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
     states = dict(line.split("|") for line in queue.split())
     assert all(states.get(str(slurm_id)) == "COMPLETED" for slurm_id in submitted), states
     # The SLURM log of each job shows Snakemake running the rule on the node.
@@ -396,8 +432,9 @@ def assert_same_table(local: Path, slurm: Path) -> None:
     for column in a.columns:
         x, y = a[column], b[column]
         if pd.api.types.is_float_dtype(x) and pd.api.types.is_float_dtype(y):
-            np.testing.assert_allclose(y.to_numpy(), x.to_numpy(), rtol=1e-9, atol=1e-12, equal_nan=True,
-                                       err_msg=f"{local.name}: {column}")
+            np.testing.assert_allclose(
+                y.to_numpy(), x.to_numpy(), rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=f"{local.name}: {column}"
+            )
         else:
             assert x.equals(y), f"{local}: column {column} differs:\n{pd.concat([x, y], axis=1)[x.ne(y)].head()}"
 

@@ -8,21 +8,33 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from conftest import ROOT, run_snakemake
-from pbmc_prepost.simulate import NULL_EXHAUSTION_GENES
+from pbmc_prepost.simulation.biology import NULL_EXHAUSTION_GENES
+
+from conftest import run_snakemake
 
 pytestmark = pytest.mark.workflow
 
 
 def read_cells(run):
-    return pd.read_csv(run / "results" / "qc" / "cells.tsv.gz", sep="\t", dtype={"barcode": str},
-                       keep_default_na=False)
+    return pd.read_csv(run / "results" / "qc" / "cells.tsv.gz", sep="\t", dtype={"barcode": str}, keep_default_na=False)
 
 
 def test_cells_table_has_every_input_barcode(example_run, example_truth):
     cells = read_cells(example_run)
-    assert list(cells.columns) == ["sample", "barcode", "total_counts", "n_genes", "pct_mt", "pct_ribo", "pct_hb",
-                                   "pct_top20", "doublet_score", "predicted_doublet", "qc_pass", "fail_reason"]
+    assert list(cells.columns) == [
+        "sample",
+        "barcode",
+        "total_counts",
+        "n_genes",
+        "pct_mt",
+        "pct_ribo",
+        "pct_hb",
+        "pct_top20",
+        "doublet_score",
+        "predicted_doublet",
+        "qc_pass",
+        "fail_reason",
+    ]
     # Barcodes exactly as in the input files, one row each.
     assert set(zip(cells["sample"], cells["barcode"])) == set(zip(example_truth["sample"], example_truth["barcode"]))
     assert len(cells) == len(example_truth)
@@ -49,16 +61,31 @@ def test_qc_summary_counts_agree_with_cells_table(example_run):
     per_sample = cells.groupby("sample")["qc_pass"].agg(["size", "sum"]).reindex(summary.index)
     assert (summary["cells_in"] == per_sample["size"]).all()
     assert (summary["cells_out"] == per_sample["sum"]).all()
-    for column in ["donor", "timepoint", "failed_high_pct_mt", "failed_doublet", "max_pct_mt", "min_total_counts",
-                   "doublet_score_threshold"]:
+    for column in [
+        "donor",
+        "timepoint",
+        "failed_high_pct_mt",
+        "failed_doublet",
+        "max_pct_mt",
+        "min_total_counts",
+        "doublet_score_threshold",
+    ]:
         assert column in summary.columns
     assert (summary["max_pct_mt"] <= 8).all()
 
 
 def test_leiden_recovers_true_cell_types(example_run, example_truth):
     clusters = pd.read_csv(example_run / "results" / "clustering" / "clusters.tsv.gz", sep="\t", dtype=str)
-    assert list(clusters.columns) == ["sample", "barcode", "leiden_0.3", "leiden_0.5", "leiden_0.8", "leiden_1",
-                                      "umap_1", "umap_2"]
+    assert list(clusters.columns) == [
+        "sample",
+        "barcode",
+        "leiden_0.3",
+        "leiden_0.5",
+        "leiden_0.8",
+        "leiden_1",
+        "umap_1",
+        "umap_2",
+    ]
     merged = clusters.merge(example_truth, on=["sample", "barcode"])
     assert len(merged) == len(clusters)
     ari = adjusted_rand_score(merged["cell_type"], merged["leiden_0.8"])
@@ -85,8 +112,14 @@ def test_markers_and_figures_exist(example_run):
     top = markers[markers["rank"] <= 25].groupby("cluster")["gene"].apply(set)
     assert any({"LYZ", "S100A8", "CD14"} & genes for genes in top)
     figures = example_run / "results" / "figures"
-    for name in ["qc/summary", "qc/D1_pre", "clustering/umap_sample", "clustering/umap_condition",
-                 "clustering/umap_clusters", "clustering/marker_dotplot"]:
+    for name in [
+        "qc/summary",
+        "qc/D1_pre",
+        "clustering/umap_sample",
+        "clustering/umap_condition",
+        "clustering/umap_clusters",
+        "clustering/marker_dotplot",
+    ]:
         for suffix in (".png", ".pdf"):
             assert (figures / f"{name}{suffix}").stat().st_size > 5000, name
 
@@ -98,8 +131,16 @@ def qc_passing_truth(run, truth):
 
 def test_cell_type_labels_agree_with_truth(example_run, example_truth):
     cells = qc_passing_truth(example_run, example_truth)
-    assert {"sample", "barcode", "cluster", "cell_type", "lineage", "cycling", "cycling_score",
-            "score_CD4_naive"} <= set(cells.columns)
+    assert {
+        "sample",
+        "barcode",
+        "cluster",
+        "cell_type",
+        "lineage",
+        "cycling",
+        "cycling_score",
+        "score_CD4_naive",
+    } <= set(cells.columns)
     # Every QC-passing cell counts, the few doublets that passed QC included (they are errors).
     lineage_agreement = (cells["lineage"] == cells["lineage_true"]).mean()
     subset_agreement = (cells["cell_type"] == cells["cell_type_true"]).mean()
@@ -113,15 +154,23 @@ def test_cell_type_labels_agree_with_truth(example_run, example_truth):
 
 def test_t_cell_share_rises_and_is_significant(example_run):
     test = pd.read_csv(example_run / "results" / "composition" / "test.tsv", sep="\t")
-    assert list(test.columns[:8]) == ["level", "cell_type", "n_pairs", "mean_pre", "mean_post", "log2_ratio",
-                                      "pvalue", "padj"]
-    lineage = test[test["level"] == "lineage"].set_index("cell_type")
+    assert list(test.columns[:8]) == [
+        "level",
+        "population",
+        "n_pairs",
+        "mean_pre",
+        "mean_post",
+        "log2_ratio",
+        "pvalue",
+        "padj",
+    ]
+    lineage = test[test["level"] == "lineage"].set_index("population")
     for population in ("CD4 T", "CD8 T"):
         assert lineage.loc[population, "log2_ratio"] > 0 and lineage.loc[population, "padj"] < 0.05
         assert lineage.loc[population, "n_pairs"] == 5
     assert "relative" in lineage.loc["CD4 T", "note"]
     proportions = pd.read_csv(example_run / "results" / "composition" / "proportions.tsv", sep="\t")
-    assert {"sample", "donor", "timepoint", "cell_type", "n_cells", "proportion"} <= set(proportions.columns)
+    assert {"sample", "donor", "timepoint", "population", "n_cells", "proportion"} <= set(proportions.columns)
     sums = proportions.groupby(["level", "sample"])["proportion"].sum()
     assert np.allclose(sums, 1.0)
 
@@ -131,10 +180,18 @@ def read_de(run, group):
 
 
 def test_paired_pseudobulk_de_finds_il7_pharmacodynamics_and_monocyte_shift(example_run):
-    summary = pd.read_csv(example_run / "results" / "de" / "summary.tsv", sep="\t").set_index("cell_type")
+    summary = pd.read_csv(example_run / "results" / "de" / "summary.tsv", sep="\t").set_index("population")
     for group in ("CD4_T", "CD8_T"):
         table = read_de(example_run, group)
-        assert list(table.reset_index().columns) == ["gene", "baseMean", "log2FoldChange", "lfcSE", "stat", "pvalue", "padj"]
+        assert list(table.reset_index().columns) == [
+            "gene",
+            "baseMean",
+            "log2FoldChange",
+            "lfcSE",
+            "stat",
+            "pvalue",
+            "padj",
+        ]
         assert table.loc["IL7R", "log2FoldChange"] < 0 and table.loc["IL7R", "padj"] < 0.05, group
         for gene in ("BCL2", "CISH"):
             assert table.loc[gene, "log2FoldChange"] > 0 and table.loc[gene, "padj"] < 0.05, (group, gene)
@@ -147,22 +204,48 @@ def test_paired_pseudobulk_de_finds_il7_pharmacodynamics_and_monocyte_shift(exam
     assert not (cd8.loc[tested_null, "padj"] < 0.05).any(), cd8.loc[tested_null, "padj"].min()
     row = summary.loc["CD8 T"]
     assert row["status"] == "tested" and row["n_pairs"] == 5 and row["design"] == "~donor + timepoint"
-    assert {"cell_type", "n_pairs", "n_cells", "n_genes_tested", "n_up", "n_down", "status", "reason"} <= set(summary.reset_index().columns)
+    assert {"level", "population", "n_pairs", "n_cells", "n_genes_tested", "n_up", "n_down", "status", "reason"} <= set(
+        summary.reset_index().columns
+    )
     figures = example_run / "results" / "figures"
-    for name in ["de/volcano_CD4_T", "de/paired_genes_CD8_T", "de/summary", "composition/bars_cell_type",
-                 "composition/pairs_lineage", "annotation/umap_cell_type", "annotation/marker_dotplot_by_cell_type"]:
+    for name in [
+        "de/volcano_CD4_T",
+        "de/paired_genes_CD8_T",
+        "de/summary",
+        "composition/bars_cell_type",
+        "composition/pairs_lineage",
+        "annotation/umap_cell_type",
+        "annotation/marker_dotplot_by_cell_type",
+    ]:
         assert (figures / f"{name}.png").stat().st_size > 5000, name
 
 
 def test_enrichment_confirms_il7_pharmacology_and_the_monocyte_shift_only(example_run):
     gsea = pd.read_csv(example_run / "results" / "enrichment" / "gsea.tsv", sep="\t")
-    gsea[["caveat", "composition_note", "stress_control"]] = gsea[["caveat", "composition_note", "stress_control"]].fillna("")
-    assert {"cell_type", "gene_set", "n_genes", "NES", "pvalue", "fdr", "leading_edge", "expected_direction",
-            "n_pairs", "donor_fdr", "call", "caveat", "composition_note", "stress_control"} <= set(gsea.columns)
-    calls = gsea.set_index(["cell_type", "gene_set"])["call"]
+    gsea[["caveat", "composition_note", "stress_control"]] = gsea[
+        ["caveat", "composition_note", "stress_control"]
+    ].fillna("")
+    assert {
+        "level",
+        "population",
+        "gene_set",
+        "n_genes",
+        "NES",
+        "pvalue",
+        "fdr",
+        "leading_edge",
+        "expected_direction",
+        "n_pairs",
+        "donor_fdr",
+        "call",
+        "caveat",
+        "composition_note",
+        "stress_control",
+    } <= set(gsea.columns)
+    calls = gsea.set_index(["population", "gene_set"])["call"]
     for population in ("CD4 T", "CD8 T"):
         for gene_set in ("PD_IL7_STAT5_RESPONSE_UP", "PD_PROLIFERATION_CELL_CYCLE"):
-            row = gsea[(gsea["cell_type"] == population) & (gsea["gene_set"] == gene_set)].iloc[0]
+            row = gsea[(gsea["population"] == population) & (gsea["gene_set"] == gene_set)].iloc[0]
             # GSEA finds both positive controls; every donor-level shift points the same way.
             assert row["NES"] > 0 and row["fdr"] < 0.05 and row["donor_shift"] > 0, (population, gene_set)
         # The IL-7/STAT5 response is also confirmed with donors as the unit. (Proliferation rests on
@@ -175,10 +258,12 @@ def test_enrichment_confirms_il7_pharmacology_and_the_monocyte_shift_only(exampl
     assert calls[("CD8 T", "IMSUP_TCELL_EXHAUSTION_CHECKPOINT")] == "ns"
     stress = gsea[gsea["gene_set"] == "QC_DISSOCIATION_EXVIVO_STRESS"]
     assert (stress["call"] == "ns").all()
-    assert (gsea.loc[gsea["cell_type"] == "CD4 T", "composition_note"].str.contains("share rose")).all()
+    assert (gsea.loc[gsea["population"] == "CD4 T", "composition_note"].str.contains("share rose")).all()
     scores = pd.read_csv(example_run / "results" / "enrichment" / "scores.tsv", sep="\t")
-    assert {"cell_type", "gene_set", "n_pairs", "mean_pre", "mean_post", "delta", "pvalue", "padj"} <= set(scores.columns)
-    il7 = scores[(scores["cell_type"] == "CD4 T") & (scores["gene_set"] == "PD_IL7_STAT5_RESPONSE_UP")].iloc[0]
+    assert {"level", "population", "gene_set", "n_pairs", "mean_pre", "mean_post", "delta", "pvalue", "padj"} <= set(
+        scores.columns
+    )
+    il7 = scores[(scores["population"] == "CD4 T") & (scores["gene_set"] == "PD_IL7_STAT5_RESPONSE_UP")].iloc[0]
     assert il7["delta"] > 0 and il7["padj"] < 0.05 and il7["n_pairs"] == 5
     for name in ["enrichment/heatmap_gsea", "enrichment/donor_scores"]:
         assert (example_run / "results" / "figures" / f"{name}.png").stat().st_size > 5000, name

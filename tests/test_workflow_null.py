@@ -5,8 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_snakemake
-from pbmc_prepost.simulate import SimulationParams, simulate, write_dataset
+from pbmc_prepost.design import safe_names
+from pbmc_prepost.simulation import PRESETS, simulate
+
+from conftest import ROOT, run_snakemake, write_cohort
 
 pytestmark = pytest.mark.workflow
 
@@ -14,11 +16,9 @@ pytestmark = pytest.mark.workflow
 @pytest.fixture(scope="module")
 def null_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("null_run")
-    data = simulate(SimulationParams(n_donors=4, cells_per_sample=700, n_genes=2500, seed=99, treatment_effect=False))
-    sheet = write_dataset(data, workdir / "data", workdir / "all_samples.tsv", layout="10x_h5")
-    sheet = sheet[sheet["sample"] != "D4_post"]  # a donor whose post sample is missing
-    sheet.to_csv(workdir / "samples.tsv", sep="\t", index=False)
-    result = run_snakemake(workdir, "--config", f"samples={workdir / 'samples.tsv'}")
+    # A donor whose post sample is missing.
+    sheet = write_cohort(simulate(PRESETS["small_null"]), workdir, drop=("D4_post",))
+    result = run_snakemake(workdir, "--config", f"samples={sheet}")
     return workdir, result
 
 
@@ -44,10 +44,8 @@ def test_null_data_give_no_composition_change(null_run):
 def test_null_data_give_almost_no_differential_genes(null_run):
     workdir, _ = null_run
     summary = pd.read_csv(workdir / "results" / "de" / "summary.tsv", sep="\t", keep_default_na=False)
-    from pbmc_prepost.pseudobulk_de import safe_names
-
-    names = safe_names(summary["cell_type"])
-    for label in summary.loc[summary["status"] == "tested", "cell_type"]:
+    names = safe_names(summary["population"])
+    for label in summary.loc[summary["status"] == "tested", "population"]:
         table = pd.read_csv(workdir / "results" / "de" / f"{names[label]}.tsv", sep="\t")
         share = (table["padj"] < 0.05).mean()
         assert share <= 0.01, (label, share)
@@ -62,8 +60,8 @@ def test_null_data_give_no_confirmed_gene_set_call(null_run):
     # artefact) or cell type, and the donor-level test alone finds nothing either. GSEA's own FDR
     # does fall below 0.05 here for sets whose genes co-vary between samples (interferon tone,
     # handling stress), which is why it is never used alone (tests/test_enrichment.py, xfails).
-    assert (gsea["call"] == "ns").all(), gsea[gsea["call"] != "ns"][["cell_type", "gene_set", "fdr", "donor_fdr"]]
-    assert not (gsea["donor_fdr"] < 0.05).any(), gsea[gsea["donor_fdr"] < 0.05][["cell_type", "gene_set", "donor_fdr"]]
+    assert (gsea["call"] == "ns").all(), gsea[gsea["call"] != "ns"][["population", "gene_set", "fdr", "donor_fdr"]]
+    assert not (gsea["donor_fdr"] < 0.05).any(), gsea[gsea["donor_fdr"] < 0.05][["population", "gene_set", "donor_fdr"]]
     assert sets.reindex(gsea["gene_set"].unique()).notna().all()
     scores = pd.read_csv(workdir / "results" / "enrichment" / "scores.tsv", sep="\t")
     assert not (scores["padj"] < 0.05).any()

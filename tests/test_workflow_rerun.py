@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import replace
 
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_snakemake
-from pbmc_prepost.simulate import SimulationParams, simulate, write_sample
+from pbmc_prepost.simulation import PRESETS, simulate, write_sample
+
+from conftest import run_snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -17,8 +19,9 @@ pytestmark = pytest.mark.workflow
 def planned_jobs(dry_run_output: str) -> dict[str, int]:
     """Job counts from the 'Job stats' table of a dry run."""
     table = dry_run_output.split("Job stats:", 1)[1]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M)
-            if m.group(1) != "total"}
+    return {
+        m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M) if m.group(1) != "total"
+    }
 
 
 def test_adding_a_donor_reruns_only_its_samples_and_the_merged_stage(example_run, tmp_path):
@@ -28,17 +31,29 @@ def test_adding_a_donor_reruns_only_its_samples_and_the_merged_stage(example_run
     old_samples = list(sheet["sample"])
 
     # Donor 6 of the same simulated cohort: D1-D5 are identical to the example, D6 is new.
-    data = simulate(SimulationParams(n_donors=6))
+    data = simulate(replace(PRESETS["example"], n_donors=6))
     rows = []
     for sample in ("D6_pre", "D6_post"):
         path, fmt, layer = write_sample(data.samples[sample], tmp_path / "new_data", sample, "10x_h5")
-        rows.append({"sample": sample, "donor": "D6", "timepoint": sample.split("_")[1], "batch": "",
-                     "path": str(path), "format": fmt, "counts_layer": layer})
+        rows.append(
+            {
+                "sample": sample,
+                "donor": "D6",
+                "timepoint": sample.split("_")[1],
+                "batch": "",
+                "path": str(path),
+                "format": fmt,
+                "counts_layer": layer,
+            }
+        )
     sheet = pd.concat([sheet, pd.DataFrame(rows)], ignore_index=True)
     sheet.to_csv(workdir / "samples.tsv", sep="\t", index=False)
 
-    per_sample_outputs = [workdir / "results" / "qc" / f"{s}{suffix}" for s in old_samples
-                          for suffix in (".h5ad", ".cells.tsv.gz", ".summary.tsv")]
+    per_sample_outputs = [
+        workdir / "results" / "qc" / f"{s}{suffix}"
+        for s in old_samples
+        for suffix in (".h5ad", ".cells.tsv.gz", ".summary.tsv")
+    ]
     before = {p: p.stat().st_mtime_ns for p in per_sample_outputs}
 
     config = ["--config", f"samples={workdir / 'samples.tsv'}"]

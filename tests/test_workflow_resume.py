@@ -54,8 +54,9 @@ def alive_in_group(pgid: int) -> list[int]:
 
 
 def mtimes(workdir: Path) -> dict[str, int]:
-    return {p.relative_to(workdir).as_posix(): p.stat().st_mtime_ns
-            for p in (workdir / "results").rglob("*") if p.is_file()}
+    return {
+        p.relative_to(workdir).as_posix(): p.stat().st_mtime_ns for p in (workdir / "results").rglob("*") if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +67,14 @@ def resumed_run(tmp_path_factory) -> SimpleNamespace:
     config = ("--config", f"samples={sheet}")
     with open(workdir / "killed_run.log", "w") as log:
         # A process group of its own, so that one kill takes the jobs too.
-        proc = subprocess.Popen(snakemake_command(workdir, *config), cwd=workdir, env=SNAKEMAKE_ENV, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            snakemake_command(workdir, *config),
+            cwd=workdir,
+            env=SNAKEMAKE_ENV,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + 1200
             while not kill_point_reached(workdir):
@@ -100,10 +107,12 @@ def test_kill_landed_in_the_merged_stage(resumed_run):
     run = resumed_run
     assert run.killed & {MERGED, EMBEDDING}, run.killed
     samples = pd.read_csv(run.workdir / "samples.tsv", sep="\t")["sample"]
-    per_sample = {f"results/{folder}/{s}{suffix}" for s in samples
-                  for folder, suffixes in [("qc", (".h5ad", ".cells.tsv.gz", ".summary.tsv")),
-                                           ("figures/qc", (".png", ".pdf"))]
-                  for suffix in suffixes}
+    per_sample = {
+        f"results/{folder}/{s}{suffix}"
+        for s in samples
+        for folder, suffixes in [("qc", (".h5ad", ".cells.tsv.gz", ".summary.tsv")), ("figures/qc", (".png", ".pdf"))]
+        for suffix in suffixes
+    }
     finished = run.before.keys() - run.killed
     assert per_sample <= finished, "every qc_sample job had finished"
     assert EMBEDDING not in finished and "results/clustering/clusters.tsv.gz" not in run.before

@@ -24,15 +24,26 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-
 from run_benchmarks import BIN, ROOT, benchmark_jobs  # the same folder: sys.path[0] when run as a script
 
 
 def declared(rundir: Path, sheet: Path) -> pd.DataFrame:
     """Every job's rule, wildcards, mem_mb and runtime as a dry run over ``rundir`` computes them."""
-    command = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(rundir.resolve()),
-               "--configfile", str(ROOT / "config" / "config.yaml"), "--config", f"samples={sheet.resolve()}",
-               "--forceall", "--dry-run", "--cores", "2"]
+    command = [
+        str(BIN / "snakemake"),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(rundir.resolve()),
+        "--configfile",
+        str(ROOT / "config" / "config.yaml"),
+        "--config",
+        f"samples={sheet.resolve()}",
+        "--forceall",
+        "--dry-run",
+        "--cores",
+        "2",
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"dry run failed in {rundir}:\n{done.stderr[-3000:]}")
@@ -67,9 +78,18 @@ def compare(rundir: Path, sheet: Path) -> pd.DataFrame:
     rows = []
     for rule, group in jobs.groupby("rule", sort=False):
         peak = group.loc[group["max_rss_mb"].idxmax()]
-        rows.append({"run": rundir.name, "rule": rule, "jobs": len(group), "peak_rss_mb": round(peak["max_rss_mb"]),
-                     "declared_mb": peak["mem_mb"], "min_mem_headroom": round(group["mem_headroom"].min(), 2),
-                     "longest_s": round(group["s"].max(), 1), "min_time_headroom": round(group["time_headroom"].min(), 1)})
+        rows.append(
+            {
+                "run": rundir.name,
+                "rule": rule,
+                "jobs": len(group),
+                "peak_rss_mb": round(peak["max_rss_mb"]),
+                "declared_mb": peak["mem_mb"],
+                "min_mem_headroom": round(group["mem_headroom"].min(), 2),
+                "longest_s": round(group["s"].max(), 1),
+                "min_time_headroom": round(group["time_headroom"].min(), 1),
+            }
+        )
     return pd.DataFrame(rows).sort_values("peak_rss_mb", ascending=False)
 
 
@@ -86,8 +106,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nNot planned by a dry run (their jobs follow a checkpoint): {', '.join(unplanned)}")
     short = table[table["min_mem_headroom"] < 1]
     if len(short):
-        print(f"\n{len(short)} rule(s) used more memory than declared: "
-              + ", ".join(f"{r.rule} ({r.run})" for r in short.itertuples()))
+        print(
+            f"\n{len(short)} rule(s) used more memory than declared: "
+            + ", ".join(f"{r.rule} ({r.run})" for r in short.itertuples())
+        )
         sys.exit(1)
 
 

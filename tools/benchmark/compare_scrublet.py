@@ -32,9 +32,10 @@ def one_run(counts: str, sample: str, mean_center: bool, truth: str) -> dict:
     import pandas as pd
 
     from pbmc_prepost import io, qc
+    from pbmc_prepost.settings import QCSettings, default_config
 
     adata = io.read_counts(counts, "10x_h5")
-    settings = qc.QCSettings(mean_center=mean_center)
+    settings = QCSettings.from_config(default_config(doublets={"mean_center": mean_center}))
     start = time.perf_counter()
     result = qc.run_sample_qc(adata, sample, settings)
     seconds = time.perf_counter() - start
@@ -44,15 +45,23 @@ def one_run(counts: str, sample: str, mean_center: bool, truth: str) -> dict:
     is_doublet = planted.reindex(cells.index).fillna(False).astype(bool).to_numpy()
     called = cells["predicted_doublet"].to_numpy().astype(bool)
     hits = int((called & is_doublet).sum())
-    return {"sample": sample, "mean_center": mean_center, "cells_scored": len(cells),
-            "planted_doublets": int(is_doublet.sum()), "recall": round(hits / max(is_doublet.sum(), 1), 3),
-            "precision": round(hits / max(called.sum(), 1), 3), "seconds": round(seconds, 1),
-            "peak_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)}
+    return {
+        "sample": sample,
+        "mean_center": mean_center,
+        "cells_scored": len(cells),
+        "planted_doublets": int(is_doublet.sum()),
+        "recall": round(hits / max(is_doublet.sum(), 1), 3),
+        "precision": round(hits / max(called.sum(), 1), 3),
+        "seconds": round(seconds, 1),
+        "peak_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("data", type=Path, help="a benchmark dataset folder (counts/<sample>_filtered_feature_bc_matrix.h5)")
+    parser.add_argument(
+        "data", type=Path, help="a benchmark dataset folder (counts/<sample>_filtered_feature_bc_matrix.h5)"
+    )
     parser.add_argument("--truth", type=Path, required=True, help="the simulator's truth/cells.tsv.gz")
     parser.add_argument("--samples", nargs="+", default=["D1_pre"])
     parser.add_argument("--one", nargs=2, metavar=("SAMPLE", "MEAN_CENTER"), help=argparse.SUPPRESS)
@@ -65,8 +74,12 @@ def main(argv: list[str] | None = None) -> None:
     print("sample\tmean_center\tcells_scored\tplanted_doublets\trecall\tprecision\tseconds\tpeak_gb")
     for sample in args.samples:
         for centre in ("true", "false"):
-            done = subprocess.run([sys.executable, __file__, str(args.data), "--truth", str(args.truth),
-                                   "--one", sample, centre], capture_output=True, text=True, check=True)
+            done = subprocess.run(
+                [sys.executable, __file__, str(args.data), "--truth", str(args.truth), "--one", sample, centre],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             row = json.loads(done.stdout.strip().splitlines()[-1])
             print("\t".join(str(value) for value in row.values()), flush=True)
 

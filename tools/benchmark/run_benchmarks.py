@@ -40,6 +40,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
 from pbmc_prepost import io as count_io  # noqa: E402
+from pbmc_prepost.simulation.writers import write_10x_h5  # noqa: E402
+
 BIN = Path(sys.executable).parent
 N_DONORS = 8
 N_GENES = 19000  # nearly all protein-coding genes of the simulator's universe (real data: ~20k detected)
@@ -112,14 +114,33 @@ def merged_stage_peak(run: Run) -> float | None:
 
 def environment() -> dict:
     """Environment for every run: the project's numba cache, so no job recompiles."""
-    return {**os.environ, "NUMBA_CACHE_DIR": str(ROOT / ".cache" / "numba"),
-            "MPLCONFIGDIR": str(ROOT / ".cache" / "matplotlib"), "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
+    return {
+        **os.environ,
+        "NUMBA_CACHE_DIR": str(ROOT / ".cache" / "numba"),
+        "MPLCONFIGDIR": str(ROOT / ".cache" / "matplotlib"),
+        "PYTHONPATH": str(ROOT / "workflow" / "scripts"),
+    }
 
 
 def run_simulator(outdir: Path, sheet: Path, *options: str) -> None:
-    """The project's simulator (``python -m pbmc_prepost.simulate``) writing 10x .h5 files."""
-    subprocess.run([sys.executable, "-m", "pbmc_prepost.simulate", *options, "--layout", "10x_h5",
-                    "--outdir", str(outdir), "--sheet", str(sheet)], check=True, env=environment(), cwd=ROOT)
+    """The project's simulator (``python -m pbmc_prepost.simulation``) writing 10x .h5 files."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pbmc_prepost.simulation",
+            *options,
+            "--layout",
+            "10x_h5",
+            "--outdir",
+            str(outdir),
+            "--sheet",
+            str(sheet),
+        ],
+        check=True,
+        env=environment(),
+        cwd=ROOT,
+    )
 
 
 def simulate(size: int, workdir: Path) -> Path:
@@ -131,9 +152,20 @@ def simulate(size: int, workdir: Path) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     cells_per_sample = round(size / (2 * N_DONORS) / DOUBLET_AND_SIZE_FACTOR)
     print(f"simulating {size} cells ...", flush=True)
-    run_simulator(folder / "counts", folder / "tmp.tsv", "--preset", "example", "--n-donors", str(N_DONORS),
-                  "--cells-per-sample", str(cells_per_sample), "--n-genes", str(N_GENES),
-                  "--library-median", str(LIBRARY_MEDIAN))
+    run_simulator(
+        folder / "counts",
+        folder / "tmp.tsv",
+        "--preset",
+        "example",
+        "--n-donors",
+        str(N_DONORS),
+        "--cells-per-sample",
+        str(cells_per_sample),
+        "--n-genes",
+        str(N_GENES),
+        "--library-median",
+        str(LIBRARY_MEDIAN),
+    )
     (folder / "tmp.tsv").rename(sheet)  # the sheet last: its presence marks a complete dataset
     return sheet
 
@@ -157,7 +189,7 @@ def subsample(source: Path, size: int, workdir: Path) -> Path:
         adata = count_io.read_counts(row.path, "10x_h5")
         adata = adata[: max(1, round(adata.n_obs * share))].copy()
         path = folder / "counts" / Path(row.path).name
-        count_io.write_10x_h5(adata, path, compression_level=1)
+        write_10x_h5(adata, path, compression_level=1)
         paths.append(str(path))
     table["path"] = paths
     table.to_csv(folder / "tmp.tsv", sep="\t", index=False)
@@ -166,9 +198,22 @@ def subsample(source: Path, size: int, workdir: Path) -> Path:
 
 
 def snakemake_command(rundir: Path, sheet: Path, cores: int, *targets: str) -> list[str]:
-    return [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(rundir),
-            "--configfile", str(ROOT / "config" / "config.yaml"), "--config", f"samples={sheet}",
-            "--cores", str(cores), *targets, "--quiet", "progress"]  # targets first: --quiet takes several words
+    return [
+        str(BIN / "snakemake"),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(rundir),
+        "--configfile",
+        str(ROOT / "config" / "config.yaml"),
+        "--config",
+        f"samples={sheet}",
+        "--cores",
+        str(cores),
+        *targets,
+        "--quiet",
+        "progress",
+    ]  # targets first: --quiet takes several words
 
 
 def run_workflow(sheet: Path, rundir: Path, cores: int, *targets: str) -> Run:
@@ -181,8 +226,9 @@ def run_baseline(sheet: Path, outdir: Path) -> Run:
     shutil.rmtree(outdir, ignore_errors=True)
     outdir.mkdir(parents=True)
     script = ROOT / "tools" / "benchmark" / "scanpy_baseline.py"
-    return measure([sys.executable, str(script), str(sheet), str(outdir)], outdir / "baseline.log", outdir,
-                   environment())
+    return measure(
+        [sys.executable, str(script), str(sheet), str(outdir)], outdir / "baseline.log", outdir, environment()
+    )
 
 
 def benchmark_jobs(rundir: Path) -> pd.DataFrame:
@@ -195,9 +241,15 @@ def benchmark_jobs(rundir: Path) -> pd.DataFrame:
     for path in sorted((rundir / "benchmarks").rglob("*.tsv")):
         nested = path.parent.name != "benchmarks"
         table = pd.read_csv(path, sep="\t")
-        rows.append({"rule": path.parent.name if nested else path.stem, "key": path.stem if nested else "",
-                     "s": float(table["s"].iloc[-1]), "max_rss_mb": float(table["max_rss"].iloc[-1]),
-                     "end": path.stat().st_mtime})
+        rows.append(
+            {
+                "rule": path.parent.name if nested else path.stem,
+                "key": path.stem if nested else "",
+                "s": float(table["s"].iloc[-1]),
+                "max_rss_mb": float(table["max_rss"].iloc[-1]),
+                "end": path.stat().st_mtime,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -208,12 +260,20 @@ def rule_table(rundir: Path) -> pd.DataFrame:
     for a rule whose jobs run side by side it is what the rule cost the run.
     """
     frame = benchmark_jobs(rundir).assign(start=lambda f: f["end"] - f["s"])
-    return (frame.groupby("rule", sort=False)
-            .agg(jobs=("s", "size"), total_s=("s", "sum"), longest_s=("s", "max"), first_start=("start", "min"),
-                 last_end=("end", "max"), peak_rss_mb=("max_rss_mb", "max"))
-            .assign(wall_s=lambda f: f["last_end"] - f["first_start"])
-            .drop(columns=["first_start", "last_end"])
-            .sort_values("total_s", ascending=False))
+    return (
+        frame.groupby("rule", sort=False)
+        .agg(
+            jobs=("s", "size"),
+            total_s=("s", "sum"),
+            longest_s=("s", "max"),
+            first_start=("start", "min"),
+            last_end=("end", "max"),
+            peak_rss_mb=("max_rss_mb", "max"),
+        )
+        .assign(wall_s=lambda f: f["last_end"] - f["first_start"])
+        .drop(columns=["first_start", "last_end"])
+        .sort_values("total_s", ascending=False)
+    )
 
 
 def rule_records(rundir: Path) -> list[dict]:
@@ -224,8 +284,9 @@ def rule_records(rundir: Path) -> list[dict]:
 def code_version() -> str:
     """The measured code: the project's commit, with "+changes" when tracked files differ from it."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT).returncode != 0
@@ -249,16 +310,28 @@ def measure_speedup(sheet: Path, workdir: Path, cores: int, repeats: int = 1) ->
             if run.returncode:
                 sys.exit(f"per-sample stage failed with --cores {n}, see {run.log}")
             qc_jobs = rule_table(run.log.parent).loc["qc_sample"]
-            result.update({name: run.seconds, f"{name}_jobs_span": float(qc_jobs["wall_s"]),
-                           f"{name}_jobs_sum": float(qc_jobs["total_s"])})
-        print(f"per-sample stage: --cores 1 {result['one']:.1f} s, --cores {cores} {result['many']:.1f} s, "
-              f"speed-up {result['one'] / result['many']:.2f}x; qc_sample jobs alone "
-              f"{result['one_jobs_span'] / result['many_jobs_span']:.2f}x", flush=True)
+            result.update(
+                {
+                    name: run.seconds,
+                    f"{name}_jobs_span": float(qc_jobs["wall_s"]),
+                    f"{name}_jobs_sum": float(qc_jobs["total_s"]),
+                }
+            )
+        print(
+            f"per-sample stage: --cores 1 {result['one']:.1f} s, --cores {cores} {result['many']:.1f} s, "
+            f"speed-up {result['one'] / result['many']:.2f}x; qc_sample jobs alone "
+            f"{result['one_jobs_span'] / result['many_jobs_span']:.2f}x",
+            flush=True,
+        )
         measured.append(result)
     table = pd.DataFrame(measured)
-    return {"barcodes": n_barcodes(sheet), "cores": cores, **table.median().to_dict(),
-            "speedups": [round(r["one"] / r["many"], 3) for r in measured],
-            "job_speedups": [round(r["one_jobs_span"] / r["many_jobs_span"], 3) for r in measured]}
+    return {
+        "barcodes": n_barcodes(sheet),
+        "cores": cores,
+        **table.median().to_dict(),
+        "speedups": [round(r["one"] / r["many"], 3) for r in measured],
+        "job_speedups": [round(r["one_jobs_span"] / r["many_jobs_span"], 3) for r in measured],
+    }
 
 
 def cells_after_qc(rundir: Path) -> int | None:
@@ -299,13 +372,23 @@ def n_barcodes(sheet: Path) -> int:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     memory = psutil.virtual_memory().total / 2**30
-    packages = ", ".join(f"{p} {version(p)}" for p in
-                         ("snakemake", "scanpy", "anndata", "pynndescent", "umap-learn", "leidenalg", "pydeseq2", "gseapy"))
-    return (f"{cpu}; {os.cpu_count()} logical CPUs; {memory:.1f} GiB RAM; {platform.platform()}; "
-            f"Python {platform.python_version()}; {packages}")
+    packages = ", ".join(
+        f"{p} {version(p)}"
+        for p in ("snakemake", "scanpy", "anndata", "pynndescent", "umap-learn", "leidenalg", "pydeseq2", "gseapy")
+    )
+    return (
+        f"{cpu}; {os.cpu_count()} logical CPUs; {memory:.1f} GiB RAM; {platform.platform()}; "
+        f"Python {platform.python_version()}; {packages}"
+    )
 
 
 def scaling_exponent(cells: list[int], values: list[float]) -> float | None:
@@ -363,12 +446,14 @@ def write_markdown(path: Path, record: dict) -> None:
         "Each row's workflow and script were measured one after the other in the same invocation, "
         "so each ratio comes from one run; the invocations:",
         "",
-        *[f"- {day}: `{command}`" + (f" (code at commit {commit})" if commit else "")
-          for day, command, commit in invocations],
+        *[
+            f"- {day}: `{command}`" + (f" (code at commit {commit})" if commit else "")
+            for day, command, commit in invocations
+        ],
         "",
         f"Machine: {machine()}.",
         "",
-        f"Data: the project's simulator (`pbmc_prepost.simulate`), {N_DONORS} donors x pre/post = 16 samples "
+        f"Data: the project's simulator (`pbmc_prepost.simulation`), {N_DONORS} donors x pre/post = 16 samples "
         f"as 10x `.h5` files, {N_GENES} genes, median {LIBRARY_MEDIAN:.0f} UMIs per cell, 5 % doublets, "
         "4 % dying cells, ambient RNA, the planted IL-7 effects; the largest dataset is simulated and the "
         "smaller ones are random subsamples of each of its samples. The workflow runs from scratch with "
@@ -402,73 +487,124 @@ def write_markdown(path: Path, record: dict) -> None:
         tested = r.get("populations_tested")
         accuracy = f"{r['lineage_accuracy']:.2f}" if r.get("lineage_accuracy") is not None else "n/a"
         merged = f"{r['merged_stage_gib']:.2f}" if r.get("merged_stage_gib") is not None else "n/a"
-        lines.append(f"| {r['barcodes']:,} | {cells} | {accuracy} | {tested if tested is not None else 'n/a'} | "
-                     f"{r['workflow_s']:.0f} | {r['workflow_gib']:.2f} | {merged} | "
-                     f"{script_s} | {script_gib} | {ratio} | {r['date']} |")
+        lines.append(
+            f"| {r['barcodes']:,} | {cells} | {accuracy} | {tested if tested is not None else 'n/a'} | "
+            f"{r['workflow_s']:.0f} | {r['workflow_gib']:.2f} | {merged} | "
+            f"{script_s} | {script_gib} | {ratio} | {r['date']} |"
+        )
     sizes = [r["barcodes"] for r in rows]
     time_exp = scaling_exponent(sizes, [r["workflow_s"] for r in rows])
     mem_exp = scaling_exponent(sizes, [r["workflow_gib"] for r in rows])
     if time_exp is not None:
-        lines += ["", f"Scaling of the workflow with cells (slope of a log-log fit over these sizes; 1 = linear): "
-                      f"time {time_exp:.2f}, peak memory {mem_exp:.2f}."]
+        lines += [
+            "",
+            f"Scaling of the workflow with cells (slope of a log-log fit over these sizes; 1 = linear): "
+            f"time {time_exp:.2f}, peak memory {mem_exp:.2f}.",
+        ]
     speedup = record["speedup"]
     if speedup:
-        lines += ["", "## Parallel per-sample stage", "",
-                  f"The per-sample stage alone (`qc_sample` for the 16 samples of the "
-                  f"{speedup['barcodes']:,}-barcode dataset, target `aggregate_qc`): "
-                  f"`--cores 1` {speedup['one']:.0f} s, `--cores {speedup['cores']}` {speedup['many']:.0f} s, "
-                  f"speed-up {speedup['one'] / speedup['many']:.2f}x ({speedup['date']})"
-                  + (f"; times are medians of {len(speedup['speedups'])} repeats, whose speed-ups were "
-                     + ", ".join(f"{s:.2f}x" for s in speedup["speedups"]) if "speedups" in speedup else "")
-                  + "."]
+        lines += [
+            "",
+            "## Parallel per-sample stage",
+            "",
+            f"The per-sample stage alone (`qc_sample` for the 16 samples of the "
+            f"{speedup['barcodes']:,}-barcode dataset, target `aggregate_qc`): "
+            f"`--cores 1` {speedup['one']:.0f} s, `--cores {speedup['cores']}` {speedup['many']:.0f} s, "
+            f"speed-up {speedup['one'] / speedup['many']:.2f}x ({speedup['date']})"
+            + (
+                f"; times are medians of {len(speedup['speedups'])} repeats, whose speed-ups were "
+                + ", ".join(f"{s:.2f}x" for s in speedup["speedups"])
+                if "speedups" in speedup
+                else ""
+            )
+            + ".",
+        ]
         if "one_jobs_span" in speedup:
-            lines += ["", f"The `qc_sample` jobs alone (first start to last end, from their benchmark files): "
-                          f"{speedup['one_jobs_span']:.0f} s and {speedup['many_jobs_span']:.0f} s, speed-up "
-                          f"{speedup['one_jobs_span'] / speedup['many_jobs_span']:.2f}x; their summed seconds "
-                          f"{speedup['one_jobs_sum']:.0f} s one at a time and {speedup['many_jobs_sum']:.0f} s "
-                          f"{speedup['cores']} at a time (the difference is what running side by side costs each job). "
-                          "The rest of the stage is serial: Snakemake's start-up and `aggregate_qc`."
-                          + (" Per repeat: " + ", ".join(f"{s:.2f}x" for s in speedup["job_speedups"]) + "."
-                             if "job_speedups" in speedup else "")]
+            lines += [
+                "",
+                f"The `qc_sample` jobs alone (first start to last end, from their benchmark files): "
+                f"{speedup['one_jobs_span']:.0f} s and {speedup['many_jobs_span']:.0f} s, speed-up "
+                f"{speedup['one_jobs_span'] / speedup['many_jobs_span']:.2f}x; their summed seconds "
+                f"{speedup['one_jobs_sum']:.0f} s one at a time and {speedup['many_jobs_sum']:.0f} s "
+                f"{speedup['cores']} at a time (the difference is what running side by side costs each job). "
+                "The rest of the stage is serial: Snakemake's start-up and `aggregate_qc`."
+                + (
+                    " Per repeat: " + ", ".join(f"{s:.2f}x" for s in speedup["job_speedups"]) + "."
+                    if "job_speedups" in speedup
+                    else ""
+                ),
+            ]
     for r in rows:
-        lines += ["", f"## Per rule, {r['barcodes']:,} barcodes", "",
-                  "From the `benchmark:` files: jobs of the rule, summed and longest job wall seconds, "
-                  "wall seconds from the first job's start to the last job's end (jobs run side by side), "
-                  "largest peak RSS of one job.", "",
-                  "| rule | jobs | total s | longest s | wall s | peak RSS MB |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"## Per rule, {r['barcodes']:,} barcodes",
+            "",
+            "From the `benchmark:` files: jobs of the rule, summed and longest job wall seconds, "
+            "wall seconds from the first job's start to the last job's end (jobs run side by side), "
+            "largest peak RSS of one job.",
+            "",
+            "| rule | jobs | total s | longest s | wall s | peak RSS MB |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for rule in r["rules"]:
             wall = f"{rule['wall_s']:.1f}" if "wall_s" in rule else "n/a"
-            lines.append(f"| {rule['rule']} | {rule['jobs']} | {rule['total_s']:.1f} | {rule['longest_s']:.1f} | "
-                         f"{wall} | {rule['peak_rss_mb']:.0f} |")
+            lines.append(
+                f"| {rule['rule']} | {rule['jobs']} | {rule['total_s']:.1f} | {rule['longest_s']:.1f} | "
+                f"{wall} | {rule['peak_rss_mb']:.0f} |"
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 50000, 100000, 200000],
-                        help="approximate barcodes per dataset, measured in this order")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[10000, 50000, 100000, 200000],
+        help="approximate barcodes per dataset, measured in this order",
+    )
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=ROOT / ".benchmark-runs")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    parser.add_argument("--record", type=Path, default=ROOT / "docs" / "benchmarks.json",
-                        help="measurements in machine-readable form; the markdown is written from it")
-    parser.add_argument("--append", action="store_true",
-                        help="keep the record's rows of other sizes (default: start a new record)")
-    parser.add_argument("--speedup-size", type=int,
-                        help="dataset for the --cores 1 vs --cores N per-sample comparison "
-                             "(default: the largest size up to 100000; 0 = skip)")
+    parser.add_argument(
+        "--record",
+        type=Path,
+        default=ROOT / "docs" / "benchmarks.json",
+        help="measurements in machine-readable form; the markdown is written from it",
+    )
+    parser.add_argument(
+        "--append", action="store_true", help="keep the record's rows of other sizes (default: start a new record)"
+    )
+    parser.add_argument(
+        "--speedup-size",
+        type=int,
+        help="dataset for the --cores 1 vs --cores N per-sample comparison "
+        "(default: the largest size up to 100000; 0 = skip)",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="skip the single-process script")
     parser.add_argument("--baseline-max", type=int, help="run the single-process script only up to this size")
-    parser.add_argument("--no-warm-up", action="store_true",
-                        help="skip compiling numba code first (when .cache/numba is already warm)")
-    parser.add_argument("--speedup-repeats", type=int, default=3,
-                        help="times the per-sample comparison is repeated (the table gives the median)")
-    parser.add_argument("--speedup-only", action="store_true",
-                        help="measure only the per-sample stage on --speedup-size; the record's rows are kept")
-    parser.add_argument("--refresh-rules", action="store_true",
-                        help="recompute the record's per-rule tables from the run folders in --workdir and "
-                             "rewrite the markdown; runs nothing")
+    parser.add_argument(
+        "--no-warm-up", action="store_true", help="skip compiling numba code first (when .cache/numba is already warm)"
+    )
+    parser.add_argument(
+        "--speedup-repeats",
+        type=int,
+        default=3,
+        help="times the per-sample comparison is repeated (the table gives the median)",
+    )
+    parser.add_argument(
+        "--speedup-only",
+        action="store_true",
+        help="measure only the per-sample stage on --speedup-size; the record's rows are kept",
+    )
+    parser.add_argument(
+        "--refresh-rules",
+        action="store_true",
+        help="recompute the record's per-rule tables from the run folders in --workdir and "
+        "rewrite the markdown; runs nothing",
+    )
     args = parser.parse_args(argv)
     if args.refresh_rules:
         record = load_record(args.record)
@@ -505,8 +641,10 @@ def main(argv: list[str] | None = None) -> None:
         write_markdown(args.out, record)
 
     if args.speedup_only:
-        record["speedup"] = {**measure_speedup(sheets[args.speedup_size], args.workdir, args.cores,
-                                               args.speedup_repeats), **stamp}
+        record["speedup"] = {
+            **measure_speedup(sheets[args.speedup_size], args.workdir, args.cores, args.speedup_repeats),
+            **stamp,
+        }
         publish()
         return
 
@@ -516,11 +654,17 @@ def main(argv: list[str] | None = None) -> None:
         flow = run_workflow(sheet, args.workdir / f"workflow_{size}", args.cores)
         if flow.returncode != 0:
             sys.exit(f"workflow failed at {size} cells, see {flow.log}")
-        result = {"barcodes": n_barcodes(sheet), "cells": cells_after_qc(flow.log.parent),
-                  "populations_tested": populations_tested(flow.log.parent),
-                  "lineage_accuracy": lineage_accuracy(flow.log.parent, truth),
-                  "workflow_s": flow.seconds, "workflow_gib": flow.peak_rss_gib,
-                  "merged_stage_gib": merged_stage_peak(flow), "rules": rule_records(flow.log.parent), **stamp}
+        result = {
+            "barcodes": n_barcodes(sheet),
+            "cells": cells_after_qc(flow.log.parent),
+            "populations_tested": populations_tested(flow.log.parent),
+            "lineage_accuracy": lineage_accuracy(flow.log.parent, truth),
+            "workflow_s": flow.seconds,
+            "workflow_gib": flow.peak_rss_gib,
+            "merged_stage_gib": merged_stage_peak(flow),
+            "rules": rule_records(flow.log.parent),
+            **stamp,
+        }
         line = f"{result['barcodes']:>8,} barcodes: workflow {flow.seconds:7.1f} s, peak {flow.peak_rss_gib:5.2f} GiB"
         record["rows"][str(size)] = result
         publish()  # the workflow's row stands even if the script is stopped
@@ -529,8 +673,10 @@ def main(argv: list[str] | None = None) -> None:
             if script.returncode != 0:
                 sys.exit(f"baseline script failed at {size} cells, see {script.log}")
             result.update(script_s=script.seconds, script_gib=script.peak_rss_gib)
-            line += (f"; script {script.seconds:7.1f} s, peak {script.peak_rss_gib:5.2f} GiB; "
-                     f"ratio workflow/script {flow.seconds / script.seconds:.2f}")
+            line += (
+                f"; script {script.seconds:7.1f} s, peak {script.peak_rss_gib:5.2f} GiB; "
+                f"ratio workflow/script {flow.seconds / script.seconds:.2f}"
+            )
             publish()
         print(line, flush=True)
         if size == args.speedup_size:

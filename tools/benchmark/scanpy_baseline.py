@@ -83,8 +83,14 @@ def main(sheet_path: str, outdir: str) -> None:
     sc.tl.umap(adata)
     step("umap")
     for resolution in RESOLUTIONS:
-        sc.tl.leiden(adata, resolution=resolution, key_added=f"leiden_{resolution}", flavor="igraph",
-                     n_iterations=2, directed=False)
+        sc.tl.leiden(
+            adata,
+            resolution=resolution,
+            key_added=f"leiden_{resolution}",
+            flavor="igraph",
+            n_iterations=2,
+            directed=False,
+        )
     step("leiden")
     sc.tl.rank_genes_groups(adata, groupby="leiden_1.0", method="wilcoxon")
     step("markers")
@@ -102,9 +108,9 @@ def main(sheet_path: str, outdir: str) -> None:
     adata.obs["lineage"] = adata.obs["leiden_1.0"].map(best.map(lineage_of)).astype(str)
     step("annotate")
 
+    import gseapy
     from pydeseq2.dds import DeseqDataSet
     from pydeseq2.ds import DeseqStats
-    import gseapy
 
     keys = adata.obs[["donor", "timepoint", "lineage"]].astype(str).agg("|".join, axis=1)
     codes, labels = pd.factorize(keys)
@@ -126,8 +132,7 @@ def main(sheet_path: str, outdir: str) -> None:
         table = stats.results_df
         table.to_csv(out / f"de_{lineage.replace(' ', '_')}.tsv", sep="\t")
         ranking = table["stat"].dropna().sort_values(ascending=False)
-        result = gseapy.prerank(rnk=ranking, gene_sets=str(GMT), min_size=10, seed=0, outdir=None,
-                                verbose=False).res2d
+        result = gseapy.prerank(rnk=ranking, gene_sets=str(GMT), min_size=10, seed=0, outdir=None, verbose=False).res2d
         result.insert(0, "lineage", lineage)
         gsea_tables.append(result)
     pd.concat(gsea_tables).to_csv(out / "gsea.tsv", sep="\t", index=False)
@@ -142,7 +147,8 @@ def main(sheet_path: str, outdir: str) -> None:
             sc.tl.score_genes(adata, genes, score_name=f"set_{name}")
     set_columns = [c for c in adata.obs.columns if c.startswith("set_")]
     adata.obs.groupby(["lineage", "donor", "timepoint"], observed=True)[set_columns].mean().to_csv(
-        out / "scores.tsv", sep="\t")
+        out / "scores.tsv", sep="\t"
+    )
     step("set scores")
 
 

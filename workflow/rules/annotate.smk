@@ -28,22 +28,17 @@ rule annotate_cells:
             labels={"type": "figure", "result": "marker dot plot by cell type and condition"},
         ),
         dotplot_pdf="results/figures/annotation/marker_dotplot_by_cell_type.pdf",
-    params:
-        resolution=config["annotation"]["resolution"],
-        cycling_threshold=config["annotation"]["cycling_threshold"],
-        overrides=annotation_overrides,
-        dotplot_genes=config["markers"]["dotplot_genes"],
-        contrast_column=CONTRAST.column,
-        reference=CONTRAST.reference,
     log:
         "logs/annotate_cells.log",
     benchmark:
         "benchmarks/annotate_cells.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=scaled(1500, per_input_mb=0.8),
         runtime=runtime_min(10, per_input_mb=0.01),
-    conda:
-        ENV
+    params:
+        settings=SETTINGS.annotation,
     script:
         "../scripts/annotate_cells.py"

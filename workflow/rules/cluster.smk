@@ -7,22 +7,18 @@ rule merge_samples:
         h5ads=expand("results/qc/{sample}.h5ad", sample=SAMPLES),
     output:
         h5ad="results/merged/merged.h5ad",
-    params:
-        samples=SAMPLES,
-        sample_meta=SAMPLE_META,
-        meta_columns=META_COLUMNS,
-        min_cells_per_gene=config["merge"]["min_cells_per_gene"],
-        target_sum=config["normalize"]["target_sum"],
     log:
         "logs/merge_samples.log",
     benchmark:
         "benchmarks/merge_samples.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=scaled(2000, per_input_mb=4),
         runtime=runtime_min(10, per_input_mb=0.02),
-    conda:
-        ENV
+    params:
+        settings=SETTINGS.merge,
     script:
         "../scripts/merge_samples.py"
 
@@ -32,23 +28,18 @@ rule embed_cells:
         h5ad="results/merged/merged.h5ad",
     output:
         h5ad="results/merged/embedding.h5ad",
-    params:
-        hvg=config["hvg"],
-        n_comps=config["pca"]["n_comps"],
-        integration=config["integration"],
-        neighbors=config["neighbors"],
-        umap_min_dist=config["umap"]["min_dist"],
-        seed=config["seed"],
     log:
         "logs/embed_cells.log",
     benchmark:
         "benchmarks/embed_cells.tsv"
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=scaled(2000, per_input_mb=1.4),
         runtime=runtime_min(15, per_input_mb=0.02),
-    conda:
-        ENV
+    params:
+        settings=SETTINGS.embed,
     script:
         "../scripts/embed_cells.py"
 
@@ -58,20 +49,18 @@ rule cluster_cells:
         h5ad="results/merged/embedding.h5ad",
     output:
         clusters="results/clustering/clusters.tsv.gz",
-    params:
-        resolutions=config["clustering"]["resolutions"],
-        n_iterations=config["clustering"]["n_iterations"],
-        seed=config["seed"],
     log:
         "logs/cluster_cells.log",
     benchmark:
         "benchmarks/cluster_cells.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=scaled(1500, per_input_mb=3),
         runtime=runtime_min(10, per_input_mb=0.05),
-    conda:
-        ENV
+    params:
+        settings=SETTINGS.cluster,
     script:
         "../scripts/cluster_cells.py"
 
@@ -87,12 +76,12 @@ rule assemble_clustered:
         "logs/assemble_clustered.log",
     benchmark:
         "benchmarks/assemble_clustered.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=scaled(1500, per_input_mb=1.2),
         runtime=runtime_min(10, per_input_mb=0.01),
-    conda:
-        ENV
     script:
         "../scripts/assemble_clustered.py"
 
@@ -114,22 +103,18 @@ rule find_cluster_markers:
             labels={"type": "figure", "result": "marker dot plot"},
         ),
         pdf="results/figures/clustering/marker_dotplot.pdf",
-    params:
-        resolution=RESOLUTION,
-        max_cells_per_cluster=config["markers"]["max_cells_per_cluster"],
-        n_genes=config["markers"]["n_genes"],
-        dotplot_genes=config["markers"]["dotplot_genes"],
-        seed=config["seed"],
     log:
         "logs/find_cluster_markers.log",
     benchmark:
         "benchmarks/find_cluster_markers.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=scaled(1500, per_input_mb=0.8),
         runtime=runtime_min(15, per_input_mb=0.02),
-    conda:
-        ENV
+    params:
+        settings=SETTINGS.markers,
     script:
         "../scripts/find_cluster_markers.py"
 
@@ -159,16 +144,15 @@ rule plot_umaps:
             labels={"type": "figure", "result": "UMAP by cluster"},
         ),
         cluster_pdf="results/figures/clustering/umap_clusters.pdf",
-    params:
-        contrast_column=CONTRAST.column,
-        resolution=RESOLUTION,
     log:
         "logs/plot_umaps.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=scaled(1000, per_input_mb=0.5),
         runtime=runtime_min(10),
-    conda:
-        ENV
+    params:
+        settings=SETTINGS.figures,
     script:
         "../scripts/plot_umaps.py"

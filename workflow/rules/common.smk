@@ -3,20 +3,23 @@
 
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
 from snakemake.exceptions import WorkflowError
 
-PROJECT_DIR = Path(workflow.basedir)
+# The project folder: two levels above this file (current_basedir, not basedir, so that the
+# workflow also finds its package and resources when another workflow uses it as a module).
+PROJECT_DIR = Path(str(workflow.current_basedir)).parents[1]
 sys.path.insert(0, str(PROJECT_DIR / "workflow" / "scripts"))
 
-from pbmc_prepost import InputError, io as count_io  # noqa: E402
+from pbmc_prepost import InputError  # noqa: E402
 from pbmc_prepost.configuration import validate_config  # noqa: E402
-from pbmc_prepost.qc import QCSettings  # noqa: E402
-from pbmc_prepost.samplesheet import Contrast, format_warnings, load_sample_sheet  # noqa: E402
+from pbmc_prepost.design import Contrast, Study  # noqa: E402
+from pbmc_prepost.io import locate_mtx  # noqa: E402
+from pbmc_prepost.samplesheet import load_sample_sheet  # noqa: E402
+from pbmc_prepost.settings import build_settings  # noqa: E402
 
 # numba compiles scanpy/pynndescent/UMAP kernels on first use in every new process; a persistent
 # project-local cache lets each Snakemake job reuse what an earlier job compiled.
@@ -27,14 +30,13 @@ ENV = "../../envs/analysis.yaml"
 
 try:
     config.update(validate_config(config, PROJECT_DIR / "workflow" / "schemas" / "config.schema.yaml"))
-    CONTRAST = Contrast(**config["contrast"])
+    CONTRAST = Contrast.from_config(config)
     SHEET = load_sample_sheet(config["samples"], CONTRAST, config["extra_sample_columns"])
 except InputError as error:
     raise WorkflowError(str(error)) from None
 
 for message in SHEET.warnings:
     logger.warning(f"WARNING {message}")
-
 
 
 def project_path(path):
@@ -53,13 +55,10 @@ config["enrichment"]["gmt"] = [project_path(path) for path in config["enrichment
 config["enrichment"]["set_metadata"] = project_path(config["enrichment"]["set_metadata"])
 
 SAMPLES = list(SHEET.samples.index)
-# Sheet columns carried into obs and tables, in this order.
-META_COLUMNS = list(dict.fromkeys(
-    [c for c in (CONTRAST.pair_by, CONTRAST.column, "batch") if c in SHEET.samples.columns]
-    + list(config["extra_sample_columns"])
-))
-SAMPLE_META = SHEET.samples.reset_index()[["sample", *META_COLUMNS]].to_dict(orient="list")
-RESOLUTION = config["clustering"]["default_resolution"]
+# Every rule family's settings, built once from the validated config and the sheet; each rule
+# passes its family's settings as its one `settings` parameter.
+SETTINGS = build_settings(config, Study.from_sheet(SHEET.samples, CONTRAST, config["extra_sample_columns"]))
+
 
 wildcard_constraints:
     sample="|".join(SAMPLES),
@@ -73,15 +72,14 @@ def sample_input_files(wildcards):
     """Every file a sample's counts are read from, so that changing any of them reruns its QC."""
     row = sample_row(wildcards)
     if row["format"] == "10x_mtx":
-        files = count_io.locate_mtx(row["resolved_path"])
+        files = locate_mtx(row["resolved_path"])
         return [str(files.matrix), str(files.features), str(files.barcodes)]
     return [row["resolved_path"]]
 
 
 def qc_settings(wildcards):
     """QC thresholds of one sample: the qc/doublets config plus that sample's overrides."""
-    overrides = config["qc"]["sample_overrides"].get(wildcards.sample, {})
-    return asdict(QCSettings.from_config(config["qc"], config["doublets"], config["seed"], overrides))
+    return SETTINGS.qc(wildcards.sample)
 
 
 def scaled(base_mb, per_input_mb=0.0, per_attempt=0.5):
@@ -124,32 +122,15 @@ def composition_figure(level, kind, caption):
     )
 
 
-def de_settings():
-    de = config["de"]
-    expr = de["filter_by_expr"]
-    return {
-        "level": de["level"],
-        "min_cells": de["min_cells"],
-        "min_counts": de["min_counts"],
-        "min_pairs": de["min_pairs"],
-        "filter_min_count": expr["min_count"],
-        "filter_min_total_count": expr["min_total_count"],
-        "filter_large_n": expr["large_n"],
-        "filter_min_prop": expr["min_prop"],
-        "alpha": de["alpha"],
-        "use_batch": de["use_batch"],
-        "n_cpus": 1,
-        "seed": config["seed"],
-    }
+def de_population_files(wildcards):
+    """Safe file names of the populations at de.level, known once the checkpoint has run."""
+    table = checkpoints.pseudobulk_cells.get().output.populations
+    return list(pd.read_csv(table, sep="\t", dtype=str)["file"])
 
 
-def de_group_summaries(wildcards):
-    groups_file = checkpoints.pseudobulk_cells.get().output.groups
-    files = pd.read_csv(groups_file, sep="\t", dtype=str)["file"]
-    return expand("results/de/per_group/{group}.summary.tsv", group=files)
+def de_summaries(wildcards):
+    return expand("results/de/per_population/{population}.summary.tsv", population=de_population_files(wildcards))
 
 
-def de_group_tables(wildcards):
-    groups_file = checkpoints.pseudobulk_cells.get().output.groups
-    files = pd.read_csv(groups_file, sep="\t", dtype=str)["file"]
-    return expand("results/de/{group}.tsv", group=files)
+def de_tables(wildcards):
+    return expand("results/de/{population}.tsv", population=de_population_files(wildcards))

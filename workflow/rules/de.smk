@@ -3,7 +3,7 @@
 
 
 wildcard_constraints:
-    group="(?!summary$)[A-Za-z0-9][A-Za-z0-9._-]*",
+    population="(?!summary$)[A-Za-z0-9][A-Za-z0-9._-]*",
 
 
 checkpoint pseudobulk_cells:
@@ -12,75 +12,71 @@ checkpoint pseudobulk_cells:
         cells="results/annotation/cells.tsv.gz",
     output:
         h5ad="results/de/pseudobulk/pseudobulk.h5ad",
-        groups="results/de/pseudobulk/groups.tsv",
-    params:
-        contrast=config["contrast"],
-        settings=de_settings(),
+        populations="results/de/pseudobulk/populations.tsv",
     log:
         "logs/pseudobulk_cells.log",
     benchmark:
         "benchmarks/pseudobulk_cells.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=scaled(1500, per_input_mb=0.8),
         runtime=runtime_min(10, per_input_mb=0.01),
-    conda:
-        ENV
+    params:
+        settings=SETTINGS.de,
     script:
         "../scripts/pseudobulk_cells.py"
 
 
-rule test_de_group:
+rule fit_de:
     input:
         h5ad="results/de/pseudobulk/pseudobulk.h5ad",
-        groups="results/de/pseudobulk/groups.tsv",
+        populations="results/de/pseudobulk/populations.tsv",
     output:
         table=report(
-            "results/de/{group}.tsv",
+            "results/de/{population}.tsv",
             caption="../report/de_table.rst",
             category="5. Differential expression",
-            subcategory="{group}",
-            labels={"population": "{group}", "type": "table", "result": "DE results"},
+            subcategory="{population}",
+            labels={"population": "{population}", "type": "table", "result": "DE results"},
         ),
-        summary="results/de/per_group/{group}.summary.tsv",
+        summary="results/de/per_population/{population}.summary.tsv",
         volcano_png=report(
-            "results/figures/de/volcano_{group}.png",
+            "results/figures/de/volcano_{population}.png",
             caption="../report/de_volcano.rst",
             category="5. Differential expression",
-            subcategory="{group}",
-            labels={"population": "{group}", "type": "figure", "result": "volcano"},
+            subcategory="{population}",
+            labels={"population": "{population}", "type": "figure", "result": "volcano"},
         ),
-        volcano_pdf="results/figures/de/volcano_{group}.pdf",
+        volcano_pdf="results/figures/de/volcano_{population}.pdf",
         paired_png=report(
-            "results/figures/de/paired_genes_{group}.png",
+            "results/figures/de/paired_genes_{population}.png",
             caption="../report/de_paired_genes.rst",
             category="5. Differential expression",
-            subcategory="{group}",
-            labels={"population": "{group}", "type": "figure", "result": "headline genes per donor"},
+            subcategory="{population}",
+            labels={"population": "{population}", "type": "figure", "result": "headline genes per donor"},
         ),
-        paired_pdf="results/figures/de/paired_genes_{group}.pdf",
-    params:
-        contrast=config["contrast"],
-        settings=de_settings(),
-        n_label=config["de"]["n_label"],
-        headline_genes=config["de"]["headline_genes"],
+        paired_pdf="results/figures/de/paired_genes_{population}.pdf",
     log:
-        "logs/test_de_group/{group}.log",
+        "logs/fit_de/{population}.log",
     benchmark:
-        "benchmarks/test_de_group/{group}.tsv"
+        "benchmarks/fit_de/{population}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=scaled(1500, per_input_mb=3),
         runtime=runtime_min(20, per_input_mb=0.05),
-    conda:
-        ENV
+    params:
+        settings=SETTINGS.de,
     script:
-        "../scripts/test_de_group.py"
+        "../scripts/fit_de.py"
 
 
 rule summarize_de:
     input:
-        summaries=de_group_summaries,
+        summaries=de_summaries,
     output:
         summary=report(
             "results/de/summary.tsv",
@@ -97,15 +93,15 @@ rule summarize_de:
             labels={"type": "figure", "result": "genes up and down per population"},
         ),
         pdf="results/figures/de/summary.pdf",
-    params:
-        alpha=config["de"]["alpha"],
     log:
         "logs/summarize_de.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=scaled(1000),
         runtime=runtime_min(5),
-    conda:
-        ENV
+    params:
+        settings=SETTINGS.de,
     script:
         "../scripts/summarize_de.py"

@@ -3,7 +3,7 @@
 
 rule enrich_de:
     input:
-        tables=de_group_tables,
+        tables=de_tables,
         summary="results/de/summary.tsv",
         pseudobulk="results/de/pseudobulk/pseudobulk.h5ad",
         composition="results/composition/test.tsv",
@@ -29,23 +29,18 @@ rule enrich_de:
             labels={"type": "figure", "result": "GSEA heatmap (headline)"},
         ),
         heatmap_pdf="results/figures/enrichment/heatmap_gsea.pdf",
-    params:
-        min_size=config["enrichment"]["min_size"],
-        max_size=config["enrichment"]["max_size"],
-        permutations=config["enrichment"]["permutations"],
-        alpha=config["de"]["alpha"],
-        contrast=config["contrast"],
-        seed=config["seed"],
     log:
         "logs/enrich_de.log",
     benchmark:
         "benchmarks/enrich_de.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=scaled(1500),
         runtime=runtime_min(15),
-    conda:
-        ENV
+    params:
+        settings=SETTINGS.enrichment,
     script:
         "../scripts/enrich_de.py"
 
@@ -71,22 +66,17 @@ rule score_gene_sets:
             labels={"type": "figure", "result": "module scores per donor (headline)"},
         ),
         lines_pdf="results/figures/enrichment/donor_scores.pdf",
-    params:
-        contrast=config["contrast"],
-        level=config["de"]["level"],
-        min_genes=config["enrichment"]["score_min_genes"],
-        min_pairs=config["enrichment"]["min_pairs"],
-        headline=config["enrichment"]["headline"],
-        seed=config["seed"],
     log:
         "logs/score_gene_sets.log",
     benchmark:
         "benchmarks/score_gene_sets.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=scaled(1000, per_input_mb=0.6),
         runtime=runtime_min(15, per_input_mb=0.02),
-    conda:
-        ENV
+    params:
+        settings=SETTINGS.scores,
     script:
         "../scripts/score_gene_sets.py"

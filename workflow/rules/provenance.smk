@@ -30,16 +30,16 @@ rule record_provenance:
             category="7. Provenance",
             labels={"type": "file", "result": "software versions"},
         ),
-    params:
-        config=config,
     log:
         "logs/record_provenance.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=scaled(500),
         runtime=runtime_min(5),
-    conda:
-        ENV
+    params:
+        config=config,
     script:
         "../scripts/record_provenance.py"
 
@@ -59,16 +59,15 @@ rule summarize_study:
             labels={"type": "figure", "result": "study summary (headline)"},
         ),
         pdf="results/figures/summary.pdf",
-    params:
-        panels=config["enrichment"]["headline"],
-        contrast=config["contrast"],
     log:
         "logs/summarize_study.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=scaled(1000),
         runtime=runtime_min(5),
-    conda:
-        ENV
+    params:
+        settings=SETTINGS.scores,
     script:
         "../scripts/summarize_study.py"

@@ -16,28 +16,24 @@ rule qc_sample:
             labels={"sample": "{sample}", "type": "figure", "result": "QC metrics"},
         ),
         pdf="results/figures/qc/{sample}.pdf",
-    params:
-        path=lambda wc: sample_row(wc)["resolved_path"],
-        format=lambda wc: sample_row(wc)["format"],
-        counts_layer=lambda wc: sample_row(wc)["counts_layer"],
-        settings=qc_settings,
     log:
         "logs/qc_sample/{sample}.log",
     benchmark:
         "benchmarks/qc_sample/{sample}.tsv"
+    conda:
+        ENV
     threads: 1
     # Peak memory follows the sample's size (docs/benchmarks.md): sparse Scrublet 1.3 GB for a
     # 22 MB (6,500-cell) sample at 100k, 2.4 GB for 38 MB at 200k; the dense option
     # (doublets.mean_center: true) densifies cells x variable genes: 3.6 and 6.2 GB.
     resources:
-        mem_mb=(
-            scaled(1500, per_input_mb=160)
-            if config["doublets"]["mean_center"]
-            else scaled(800, per_input_mb=60)
-        ),
+        mem_mb=(scaled(1500, per_input_mb=160) if config["doublets"]["mean_center"] else scaled(800, per_input_mb=60)),
         runtime=runtime_min(10, per_input_mb=0.2),
-    conda:
-        ENV
+    params:
+        path=lambda wc: sample_row(wc)["resolved_path"],
+        format=lambda wc: sample_row(wc)["format"],
+        counts_layer=lambda wc: sample_row(wc)["counts_layer"],
+        settings=qc_settings,
     script:
         "../scripts/qc_sample.py"
 
@@ -63,17 +59,15 @@ rule aggregate_qc:
             labels={"type": "figure", "result": "cells kept and removed"},
         ),
         pdf="results/figures/qc/summary.pdf",
-    params:
-        sample_meta=SAMPLE_META,
-        meta_columns=META_COLUMNS,
-        contrast_column=CONTRAST.column,
     log:
         "logs/aggregate_qc.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=scaled(1000, per_input_mb=20),
         runtime=runtime_min(10),
-    conda:
-        ENV
+    params:
+        study=SETTINGS.study,
     script:
         "../scripts/aggregate_qc.py"

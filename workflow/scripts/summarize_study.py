@@ -1,14 +1,20 @@
 """Snakemake adapter: the one-page study summary figure."""
 
-import pandas as pd
-
-from pbmc_prepost import summary
+from pbmc_prepost.plots.summary import study_summary_figure
 from pbmc_prepost.runtime import start_job
-from pbmc_prepost.samplesheet import Contrast
+from pbmc_prepost.tables import read_tsv
 
 smk = snakemake  # noqa: F821
+settings = smk.params.settings
 log = start_job(smk.log[0])
-read = lambda path: pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""])  # noqa: E731
-summary.study_summary_figure(read(smk.input.proportions), read(smk.input.composition), read(smk.input.donor_scores),
-                             read(smk.input.scores), read(smk.input.gsea), smk.params.panels,
-                             Contrast(**smk.params.contrast), [smk.output.png, smk.output.pdf])
+tables = {name: read_tsv(path, keep_default_na=False, na_values=[""]) for name, path in smk.input.items()}
+study_summary_figure(
+    tables["proportions"],
+    tables["composition"],
+    tables["donor_scores"],
+    tables["scores"],
+    tables["gsea"],
+    settings.headline,
+    settings.contrast,
+    [smk.output.png, smk.output.pdf],
+)

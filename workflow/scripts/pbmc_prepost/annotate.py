@@ -22,6 +22,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from pbmc_prepost import InputError
+from pbmc_prepost.cluster import leiden_key
+from pbmc_prepost.settings import AnnotationSettings
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +45,20 @@ def read_marker_table(path: str | Path) -> MarkerTable:
     table = pd.read_csv(path, sep="\t", comment="#", dtype=str, keep_default_na=False)
     required = {"cell_type", "lineage", "kind", "positive", "negative"}
     if not required <= set(table.columns):
-        raise InputError(f"{path}: marker table needs columns {sorted(required)}, found {list(table.columns)}. "
-                         "Fix: start from resources/markers/pbmc_markers.tsv.")
+        raise InputError(
+            f"{path}: marker table needs columns {sorted(required)}, found {list(table.columns)}. "
+            "Fix: start from resources/markers/pbmc_markers.tsv."
+        )
     split = lambda text: [g.strip() for g in text.split(",") if g.strip()]  # noqa: E731
     table["positive"] = table["positive"].map(split)
     table["negative"] = table["negative"].map(split)
     identity = table[table["kind"] == "identity"].set_index("cell_type")[["lineage", "positive", "negative"]]
     states = {row.cell_type: row.positive for row in table[table["kind"] == "state"].itertuples()}
     if identity.index.duplicated().any():
-        raise InputError(f"{path}: cell type(s) listed twice: {sorted(identity.index[identity.index.duplicated()])}. "
-                         "Fix: keep one row per cell type.")
+        raise InputError(
+            f"{path}: cell type(s) listed twice: {sorted(identity.index[identity.index.duplicated()])}. "
+            "Fix: keep one row per cell type."
+        )
     return MarkerTable(identity=identity, states=states)
 
 
@@ -84,8 +90,9 @@ def _scaled_expression(adata: ad.AnnData, genes: list[str], groups: pd.Series) -
 SCALE_FLOOR = 0.5
 
 
-def marker_scores(adata: ad.AnnData, markers: MarkerTable, groups: pd.Series,
-                  min_present: float = 0.5) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame]:
+def marker_scores(
+    adata: ad.AnnData, markers: MarkerTable, groups: pd.Series, min_present: float = 0.5
+) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame]:
     """Per-cell marker score of every population, the proliferation score, and the scaled
     expression of the identity markers used (cells x genes).
 
@@ -94,8 +101,10 @@ def marker_scores(adata: ad.AnnData, markers: MarkerTable, groups: pd.Series,
     population whose markers were not measured cannot attract cells through one stray gene.
     """
     present = set(adata.var_names)
-    genes = sorted({g for row in markers.identity.itertuples() for g in row.positive + row.negative if g in present}
-                   | {g for members in markers.states.values() for g in members if g in present})
+    genes = sorted(
+        {g for row in markers.identity.itertuples() for g in row.positive + row.negative if g in present}
+        | {g for members in markers.states.values() for g in members if g in present}
+    )
     scaled = _scaled_expression(adata, genes, groups)
     scores = {}
     for cell_type, row in markers.identity.iterrows():
@@ -109,11 +118,15 @@ def marker_scores(adata: ad.AnnData, markers: MarkerTable, groups: pd.Series,
             score = score - scaled[negative].mean(axis=1)
         scores[cell_type] = score
     if not scores:
-        raise InputError("no population of the marker table has enough of its markers in the data. "
-                         "Fix: check that genes are named by HGNC symbols.")
+        raise InputError(
+            "no population of the marker table has enough of its markers in the data. "
+            "Fix: check that genes are named by HGNC symbols."
+        )
     cycling_genes = [g for g in markers.states.get("cycling", []) if g in present]
     cycling = scaled[cycling_genes].mean(axis=1) if cycling_genes else pd.Series(0.0, index=adata.obs_names)
-    identity_genes = sorted({g for row in markers.identity.itertuples() for g in row.positive + row.negative if g in present})
+    identity_genes = sorted(
+        {g for row in markers.identity.itertuples() for g in row.positive + row.negative if g in present}
+    )
     return pd.DataFrame(scores), cycling, scaled[identity_genes]
 
 
@@ -123,17 +136,21 @@ def read_overrides(path: str | Path | None, known: set[str]) -> dict[str, str]:
         return {}
     table = pd.read_csv(path, sep="\t", comment="#", dtype=str, keep_default_na=False)
     if not {"cluster", "cell_type"} <= set(table.columns):
-        raise InputError(f"{path}: needs columns 'cluster' and 'cell_type', found {list(table.columns)}. "
-                         "Fix: one row per cluster to relabel.")
+        raise InputError(
+            f"{path}: needs columns 'cluster' and 'cell_type', found {list(table.columns)}. "
+            "Fix: one row per cluster to relabel."
+        )
     unknown = sorted(set(table["cell_type"]) - known)
     if unknown:
-        raise InputError(f"{path}: unknown cell type(s) {unknown}. Fix: use labels of the marker table: "
-                         f"{sorted(known)}.")
+        raise InputError(
+            f"{path}: unknown cell type(s) {unknown}. Fix: use labels of the marker table: {sorted(known)}."
+        )
     return dict(zip(table["cluster"].str.strip(), table["cell_type"].str.strip()))
 
 
 def _nearest_centroid(profiles: pd.DataFrame, centroids: pd.DataFrame) -> np.ndarray:
     """Index of the centroid with the highest Pearson correlation to each row of ``profiles``."""
+
     def centred(matrix: np.ndarray) -> np.ndarray:
         matrix = matrix - matrix.mean(axis=1, keepdims=True)
         return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
@@ -142,8 +159,13 @@ def _nearest_centroid(profiles: pd.DataFrame, centroids: pd.DataFrame) -> np.nda
     return centroids.index.to_numpy()[similarity.argmax(axis=1)]
 
 
-def annotate(adata: ad.AnnData, clusters: pd.Series, markers: MarkerTable, cycling_threshold: float,
-             overrides: dict[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def annotate(
+    adata: ad.AnnData,
+    clusters: pd.Series,
+    markers: MarkerTable,
+    cycling_threshold: float,
+    overrides: dict[str, str] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Label every cell and every cluster.
 
     Parameters
@@ -198,10 +220,15 @@ def annotate(adata: ad.AnnData, clusters: pd.Series, markers: MarkerTable, cycli
             how = "per cell (cycling cluster)"
         else:
             labels[members.index] = majority
-        rows[cluster] = {"cluster": cluster, "cell_type": overrides.get(cluster, majority), "how": how,
-                         "n_cells": len(members), "majority_share": round(float(share), 4),
-                         "runner_up": counts.index[1] if len(counts) > 1 else "",
-                         "cycling_share": round(float(cycling_share), 4)}
+        rows[cluster] = {
+            "cluster": cluster,
+            "cell_type": overrides.get(cluster, majority),
+            "how": how,
+            "n_cells": len(members),
+            "majority_share": round(float(share), 4),
+            "runner_up": counts.index[1] if len(counts) > 1 else "",
+            "cycling_share": round(float(cycling_share), 4),
+        }
     if proliferating:
         # Proliferating cells keep their lineage: each takes the label of the resting cluster whose
         # marker profile it correlates with best (all identity markers at once, steadier than any
@@ -215,8 +242,11 @@ def annotate(adata: ad.AnnData, clusters: pd.Series, markers: MarkerTable, cycli
         for cluster in proliferating:
             members = labels[frame["cluster"] == cluster]
             counts = members.value_counts()
-            rows[cluster].update(cell_type=counts.index[0], majority_share=round(float(counts.iloc[0] / len(members)), 4),
-                                 runner_up=counts.index[1] if len(counts) > 1 else "")
+            rows[cluster].update(
+                cell_type=counts.index[0],
+                majority_share=round(float(counts.iloc[0] / len(members)), 4),
+                runner_up=counts.index[1] if len(counts) > 1 else "",
+            )
     rows = list(rows.values())
     lineage_of = markers.lineage_of
     cells = pd.DataFrame({"cluster": clusters, "cell_type": labels.astype(str)}, index=adata.obs_names)
@@ -230,6 +260,30 @@ def annotate(adata: ad.AnnData, clusters: pd.Series, markers: MarkerTable, cycli
     order = sorted(cluster_table["cluster"], key=lambda c: (not c.isdigit(), int(c) if c.isdigit() else 0, c))
     cluster_table = cluster_table.set_index("cluster").loc[order].reset_index()
     for row in cluster_table.itertuples():
-        log.info("cluster %s -> %s (%s; %d cells, majority %.0f%%, cycling %.0f%%)", row.cluster, row.cell_type,
-                 row.how, row.n_cells, 100 * row.majority_share, 100 * row.cycling_share)
+        log.info(
+            "cluster %s -> %s (%s; %d cells, majority %.0f%%, cycling %.0f%%)",
+            row.cluster,
+            row.cell_type,
+            row.how,
+            row.n_cells,
+            100 * row.majority_share,
+            100 * row.cycling_share,
+        )
     return cells, cluster_table
+
+
+def annotate_clusters(
+    adata: ad.AnnData, markers: MarkerTable, settings: AnnotationSettings, overrides: dict[str, str] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`annotate` at the Leiden resolution of ``settings``, as the workflow writes it.
+
+    Returns
+    -------
+    cells, clusters
+        ``cells``: ``sample``, ``barcode`` and the columns of :func:`annotate`, one row per cell
+        in ``adata`` order; ``clusters``: the cluster table with the ``resolution`` second.
+    """
+    clusters = adata.obs[leiden_key(settings.resolution)]
+    cells, cluster_table = annotate(adata, clusters, markers, settings.cycling_threshold, overrides)
+    cluster_table.insert(1, "resolution", settings.resolution)
+    return pd.concat([adata.obs[["sample", "barcode"]], cells], axis=1), cluster_table

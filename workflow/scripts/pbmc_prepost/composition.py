@@ -1,7 +1,8 @@
-"""Cell-type composition: per-sample proportions, a paired test per cell type, and two figures.
+"""Cell-type composition: per-sample proportions and a paired test per population.
 
 Proportions are *relative*: IL-7 expands T cells, so every other population's share falls even
-when its absolute number does not. Every table row and every figure says so.
+when its absolute number does not. Every table row and every figure says so (figures:
+:mod:`pbmc_prepost.plots.composition`).
 
 The unit of the test is the sample, not the cell. The test follows propeller (Phipson et al.
 2022, Bioinformatics 38:4720): transform each sample's proportion (logit with propeller's offset,
@@ -12,32 +13,19 @@ replicate samples of a donor and level are handled by the same linear model.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
-from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import statsmodels.api as sm  # noqa: E402
-from scipy import stats  # noqa: E402
-from statsmodels.stats.multitest import multipletests  # noqa: E402
+from pbmc_prepost.design import Contrast, str_values
+from pbmc_prepost.settings import CompositionSettings
 
-from pbmc_prepost import plots  # noqa: E402
-from pbmc_prepost.samplesheet import Contrast  # noqa: E402
-
-__all__ = [
-    "RELATIVE_NOTE",
-    "TRANSFORMS",
-    "cell_counts",
-    "paired_composition_test",
-    "paired_lines_figure",
-    "stacked_bar_figure",
-    "transform_proportions",
-]
+log = logging.getLogger(__name__)
 
 #: Repeated in every test row and figure: a share can fall without any loss of cells.
 RELATIVE_NOTE = "proportions are relative: an expansion of one population lowers the others"
@@ -48,13 +36,7 @@ PSEUDO_PROPORTION = 1e-6
 UNPAIRED_TEST = "unpaired fallback (no donor pairs)"
 
 
-def _str_values(values: pd.Series) -> pd.Series:
-    """Labels as plain str with missing values as '' (sheets and obs mix str, NaN, categoricals)."""
-    return values.astype(object).where(values.notna(), "").astype(str)
-
-
-def cell_counts(obs: pd.DataFrame, group_col: str, sample_meta: pd.DataFrame,
-                contrast: Contrast) -> pd.DataFrame:
+def cell_counts(obs: pd.DataFrame, group_col: str, sample_meta: pd.DataFrame, contrast: Contrast) -> pd.DataFrame:
     """Count cells per sample and group, with zero counts for groups absent from a sample.
 
     Parameters
@@ -74,9 +56,9 @@ def cell_counts(obs: pd.DataFrame, group_col: str, sample_meta: pd.DataFrame,
     -------
     pandas.DataFrame
         Columns ``sample``, ``<pair_by>`` ('' when the sheet has none), ``<contrast.column>``,
-        ``cell_type`` (the ``group_col`` label as str), ``n_cells``, ``proportion`` (``n_cells``
+        ``population`` (the ``group_col`` label as str), ``n_cells``, ``proportion`` (``n_cells``
         over the sample's cells). One row per sample x label seen anywhere in ``obs``, sorted
-        by sample (``sample_meta`` order) then ``cell_type``.
+        by sample (``sample_meta`` order) then ``population``.
 
     Raises
     ------
@@ -96,33 +78,42 @@ def cell_counts(obs: pd.DataFrame, group_col: str, sample_meta: pd.DataFrame,
     n_missing = int(obs[group_col].isna().sum())
     if n_missing:
         raise ValueError(f"{n_missing} cell(s) have no '{group_col}' label; label or drop them first")
-    samples = _str_values(obs["sample"])
+    samples = str_values(obs["sample"])
     labels = obs[group_col].astype(str)
     unknown = sorted(set(samples) - set(meta_ids))
     if unknown:
         raise ValueError(f"obs has cells of sample(s) not in sample_meta: {', '.join(unknown)}")
 
-    cell_types = sorted(set(labels))
-    wide = (pd.DataFrame({"sample": samples.to_numpy(), "cell_type": labels.to_numpy()})
-            .groupby(["sample", "cell_type"]).size().unstack(fill_value=0)
-            .reindex(index=meta_ids, columns=cell_types, fill_value=0))
+    populations = sorted(set(labels))
+    wide = (
+        pd.DataFrame({"sample": samples.to_numpy(), "population": labels.to_numpy()})
+        .groupby(["sample", "population"])
+        .size()
+        .unstack(fill_value=0)
+        .reindex(index=meta_ids, columns=populations, fill_value=0)
+    )
     counts = wide.to_numpy(dtype=np.int64)
     totals = counts.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         proportions = np.where(totals > 0, counts / np.maximum(totals, 1), np.nan)
 
-    pair = _str_values(sample_meta[contrast.pair_by]) if contrast.pair_by in sample_meta.columns \
+    pair = (
+        str_values(sample_meta[contrast.pair_by])
+        if contrast.pair_by in sample_meta.columns
         else pd.Series("", index=sample_meta.index)
-    level = _str_values(sample_meta[contrast.column])
-    n_types = len(cell_types)
-    return pd.DataFrame({
-        "sample": np.repeat(meta_ids.to_numpy(dtype=object), n_types).astype(str),
-        contrast.pair_by: np.repeat(pair.to_numpy(dtype=object), n_types).astype(str),
-        contrast.column: np.repeat(level.to_numpy(dtype=object), n_types).astype(str),
-        "cell_type": np.tile(np.array(cell_types, dtype=object), len(meta_ids)).astype(str),
-        "n_cells": counts.ravel(),
-        "proportion": proportions.ravel(),
-    })
+    )
+    level = str_values(sample_meta[contrast.column])
+    n_types = len(populations)
+    return pd.DataFrame(
+        {
+            "sample": np.repeat(meta_ids.to_numpy(dtype=object), n_types).astype(str),
+            contrast.pair_by: np.repeat(pair.to_numpy(dtype=object), n_types).astype(str),
+            contrast.column: np.repeat(level.to_numpy(dtype=object), n_types).astype(str),
+            "population": np.tile(np.array(populations, dtype=object), len(meta_ids)).astype(str),
+            "n_cells": counts.ravel(),
+            "proportion": proportions.ravel(),
+        }
+    )
 
 
 def transform_proportions(n_cells: np.ndarray, totals: np.ndarray, transform: str = "logit") -> np.ndarray:
@@ -153,44 +144,54 @@ def transform_proportions(n_cells: np.ndarray, totals: np.ndarray, transform: st
 
 def _sample_table(props: pd.DataFrame, contrast: Contrast) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate ``props``; return (per-sample donor/level/total, counts samples x cell types)."""
-    required = ["sample", contrast.column, "cell_type", "n_cells"]
+    required = ["sample", contrast.column, "population", "n_cells"]
     missing = [c for c in required if c not in props.columns]
     if missing:
         raise ValueError(f"props lacks column(s) {', '.join(missing)}; pass the output of cell_counts")
     table = props.copy()
-    table["sample"] = _str_values(table["sample"])
-    table["cell_type"] = _str_values(table["cell_type"])
-    table["_pair"] = _str_values(table[contrast.pair_by]) if contrast.pair_by in table.columns else ""
-    table["_level"] = _str_values(table[contrast.column])
-    if table.duplicated(["sample", "cell_type"]).any():
+    table["sample"] = str_values(table["sample"])
+    table["population"] = str_values(table["population"])
+    table["_pair"] = str_values(table[contrast.pair_by]) if contrast.pair_by in table.columns else ""
+    table["_level"] = str_values(table[contrast.column])
+    if table.duplicated(["sample", "population"]).any():
         raise ValueError("props has several rows for one sample and cell type")
     per_sample = table.groupby("sample", sort=False).agg(
-        pair=("_pair", "first"), level=("_level", "first"), total=("n_cells", "sum"),
-        n_pair=("_pair", "nunique"), n_level=("_level", "nunique"))
+        pair=("_pair", "first"),
+        level=("_level", "first"),
+        total=("n_cells", "sum"),
+        n_pair=("_pair", "nunique"),
+        n_level=("_level", "nunique"),
+    )
     if (per_sample["n_pair"] > 1).any() or (per_sample["n_level"] > 1).any():
         raise ValueError(f"props gives a sample more than one {contrast.pair_by} or {contrast.column}")
     # Totals are the sum over the sample's rows, so a table with cell types removed would give
     # wrong proportions silently; the stored proportions reveal it.
     if "proportion" in table.columns:
         total = table["sample"].map(per_sample["total"]).to_numpy(dtype=float)
-        expected = np.divide(table["n_cells"].to_numpy(dtype=float), total,
-                             out=np.full(len(table), np.nan), where=total > 0)
+        expected = np.divide(
+            table["n_cells"].to_numpy(dtype=float), total, out=np.full(len(table), np.nan), where=total > 0
+        )
         stored = table["proportion"].to_numpy(dtype=float)
         bad = (total > 0) & ~np.isclose(expected, stored, rtol=1e-6, atol=1e-9)
         if bad.any():
-            raise ValueError("props' proportions differ from n_cells / the sample's summed n_cells: "
-                             "pass the full cell_counts table (all cell types of every sample)")
-    counts = table.pivot(index="sample", columns="cell_type", values="n_cells").reindex(
-        index=per_sample.index, columns=sorted(table["cell_type"].unique())).fillna(0)
+            raise ValueError(
+                "props' proportions differ from n_cells / the sample's summed n_cells: "
+                "pass the full cell_counts table (all cell types of every sample)"
+            )
+    counts = (
+        table.pivot(index="sample", columns="population", values="n_cells")
+        .reindex(index=per_sample.index, columns=sorted(table["population"].unique()))
+        .fillna(0)
+    )
     return per_sample[["pair", "level", "total"]], counts
 
 
 def _paired_pvalue(y: np.ndarray, donors: np.ndarray, treated: np.ndarray) -> tuple[float, str]:
     """p-value of the condition term of ``y ~ donor + condition`` (OLS); '' or a reason for NaN."""
     levels = sorted(set(donors))
-    design = np.column_stack([np.ones(len(y))]
-                             + [(donors == d).astype(float) for d in levels[1:]]
-                             + [treated.astype(float)])
+    design = np.column_stack(
+        [np.ones(len(y))] + [(donors == d).astype(float) for d in levels[1:]] + [treated.astype(float)]
+    )
     df_resid = len(y) - np.linalg.matrix_rank(design)
     if df_resid < 1:
         return math.nan, "no residual degrees of freedom (one pair): not tested"
@@ -201,8 +202,9 @@ def _paired_pvalue(y: np.ndarray, donors: np.ndarray, treated: np.ndarray) -> tu
     return float(fit.pvalues[-1]), ""
 
 
-def paired_composition_test(props: pd.DataFrame, contrast: Contrast, transform: str = "logit",
-                            min_pairs: int = 3) -> pd.DataFrame:
+def paired_composition_test(
+    props: pd.DataFrame, contrast: Contrast, transform: str = "logit", min_pairs: int = 3
+) -> pd.DataFrame:
     """Paired, propeller-style test of each cell type's proportion between the contrast levels.
 
     Parameters
@@ -222,20 +224,20 @@ def paired_composition_test(props: pd.DataFrame, contrast: Contrast, transform: 
     Returns
     -------
     pandas.DataFrame
-        Columns ``cell_type``, ``n_pairs``, ``mean_<reference>``, ``mean_<treated>`` (mean
+        Columns ``population``, ``n_pairs``, ``mean_<reference>``, ``mean_<treated>`` (mean
         proportion over the tested samples), ``log2_ratio`` (log2 of mean treated over mean
         reference, each + 1e-6), ``pvalue`` (condition term of ``transformed ~ donor +
         condition``, OLS), ``padj`` (Benjamini-Hochberg over the tested cell types), ``test``,
         ``note`` (always states that proportions are relative). When no donor has both levels,
         an unpaired Welch t-test on the transformed proportions is used instead, ``test`` is
         ``"unpaired fallback (no donor pairs)"`` and ``n_pairs`` is 0. Sorted by pvalue (NaN
-        last) then cell_type.
+        last) then population.
     """
     if transform not in TRANSFORMS:
         raise ValueError(f"unknown transform {transform!r}; choose from {', '.join(TRANSFORMS)}")
     ref, trt, pair_by = contrast.reference, contrast.treated, contrast.pair_by
     mean_ref, mean_trt = f"mean_{ref}", f"mean_{trt}"
-    columns = ["cell_type", "n_pairs", mean_ref, mean_trt, "log2_ratio", "pvalue", "padj", "test", "note"]
+    columns = ["population", "n_pairs", mean_ref, mean_trt, "log2_ratio", "pvalue", "padj", "test", "note"]
     samples, counts = _sample_table(props, contrast)
     in_contrast = samples["level"].isin([ref, trt])
     empty = samples.index[in_contrast & (samples["total"] <= 0)]
@@ -253,14 +255,15 @@ def paired_composition_test(props: pd.DataFrame, contrast: Contrast, transform: 
         # Samples of donors with one level carry no information on the within-donor change.
         unpaired = samples.index[~samples["pair"].isin(paired_donors)]
         if len(unpaired):
-            common_notes.append(f"{len(unpaired)} sample(s) without a {pair_by} pair excluded: "
-                                f"{', '.join(unpaired)}")
+            common_notes.append(f"{len(unpaired)} sample(s) without a {pair_by} pair excluded: {', '.join(unpaired)}")
         samples = samples[samples["pair"].isin(paired_donors)]
         counts = counts.loc[samples.index]
         test_label = f"paired {TRANSFORMS[transform]} t-test, {pair_by} as block"
     else:
-        common_notes.append(f"no {pair_by} has both a '{ref}' and a '{trt}' sample: unpaired Welch "
-                            f"t-test on {TRANSFORMS[transform]} proportions (less powerful)")
+        common_notes.append(
+            f"no {pair_by} has both a '{ref}' and a '{trt}' sample: unpaired Welch "
+            f"t-test on {TRANSFORMS[transform]} proportions (less powerful)"
+        )
         test_label = UNPAIRED_TEST
 
     totals = samples["total"].to_numpy(dtype=float)
@@ -269,8 +272,8 @@ def paired_composition_test(props: pd.DataFrame, contrast: Contrast, transform: 
     n_ref, n_trt = int((~is_trt).sum()), int(is_trt.sum())
     min_per_level = max(2, min_pairs)
     rows = []
-    for cell_type in counts.columns:
-        n = counts[cell_type].to_numpy(dtype=float)
+    for population in counts.columns:
+        n = counts[population].to_numpy(dtype=float)
         prop = n / totals
         m_ref = float(prop[~is_trt].mean()) if n_ref else math.nan
         m_trt = float(prop[is_trt].mean()) if n_trt else math.nan
@@ -278,11 +281,13 @@ def paired_composition_test(props: pd.DataFrame, contrast: Contrast, transform: 
         pvalue = math.nan
         y = transform_proportions(n, totals, transform)
         if paired and len(paired_donors) < min_pairs:
-            notes.append(f"only {len(paired_donors)} complete {pair_by} pair(s), fewer than "
-                         f"min_pairs={min_pairs}: not tested")
+            notes.append(
+                f"only {len(paired_donors)} complete {pair_by} pair(s), fewer than min_pairs={min_pairs}: not tested"
+            )
         elif not paired and min(n_ref, n_trt) < min_per_level:
-            notes.append(f"{n_ref} '{ref}' and {n_trt} '{trt}' sample(s), fewer than "
-                         f"{min_per_level} per level: not tested")
+            notes.append(
+                f"{n_ref} '{ref}' and {n_trt} '{trt}' sample(s), fewer than {min_per_level} per level: not tested"
+            )
         elif n.sum() == 0:
             notes.append("no cells of this type in the compared samples: not tested")
         elif paired:
@@ -296,17 +301,19 @@ def paired_composition_test(props: pd.DataFrame, contrast: Contrast, transform: 
                 pvalue = math.nan
                 notes.append("no variation within the levels: Welch t-test undefined")
         notes.append(RELATIVE_NOTE)
-        rows.append({
-            "cell_type": cell_type,
-            "n_pairs": len(paired_donors),
-            mean_ref: m_ref,
-            mean_trt: m_trt,
-            "log2_ratio": float(np.log2((m_trt + PSEUDO_PROPORTION) / (m_ref + PSEUDO_PROPORTION))),
-            "pvalue": pvalue,
-            "padj": math.nan,
-            "test": test_label,
-            "note": "; ".join(notes),
-        })
+        rows.append(
+            {
+                "population": population,
+                "n_pairs": len(paired_donors),
+                mean_ref: m_ref,
+                mean_trt: m_trt,
+                "log2_ratio": float(np.log2((m_trt + PSEUDO_PROPORTION) / (m_ref + PSEUDO_PROPORTION))),
+                "pvalue": pvalue,
+                "padj": math.nan,
+                "test": test_label,
+                "note": "; ".join(notes),
+            }
+        )
     result = pd.DataFrame(rows, columns=columns)
     result["n_pairs"] = result["n_pairs"].astype(np.int64)
     for column in (mean_ref, mean_trt, "log2_ratio", "pvalue", "padj"):
@@ -314,162 +321,40 @@ def paired_composition_test(props: pd.DataFrame, contrast: Contrast, transform: 
     tested = result["pvalue"].notna().to_numpy()
     if tested.any():
         result.loc[tested, "padj"] = multipletests(result.loc[tested, "pvalue"], method="fdr_bh")[1]
-    return result.sort_values(["pvalue", "cell_type"], na_position="last", kind="mergesort") \
-        .reset_index(drop=True)
+    return result.sort_values(["pvalue", "population"], na_position="last", kind="mergesort").reset_index(drop=True)
 
 
-def _level_order(levels: Sequence[str], contrast: Contrast) -> dict[str, int]:
-    """Reference first, treated second, other levels after them in sorted order."""
-    others = sorted(set(levels) - {contrast.reference, contrast.treated})
-    order = {contrast.reference: 0, contrast.treated: 1}
-    order.update({level: 2 + i for i, level in enumerate(others)})
-    return order
+#: Annotation levels whose composition is tested: lineages, then subsets.
+LEVELS = ("lineage", "cell_type")
 
 
-def _plain_props(props: pd.DataFrame, contrast: Contrast) -> pd.DataFrame:
-    table = props.copy()
-    table["sample"] = _str_values(table["sample"])
-    table["cell_type"] = _str_values(table["cell_type"])
-    table["_pair"] = _str_values(table[contrast.pair_by]) if contrast.pair_by in table.columns else ""
-    table["_level"] = _str_values(table[contrast.column])
-    return table
-
-
-def stacked_bar_figure(props: pd.DataFrame, contrast: Contrast, paths: Sequence[str | Path],
-                       title: str = "Cell-type composition per sample") -> None:
-    """One stacked bar of cell-type proportions per sample.
+def composition_tables(cells: pd.DataFrame, settings: CompositionSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Proportions and paired tests at every level of :data:`LEVELS`.
 
     Parameters
     ----------
-    props
-        Output of :func:`cell_counts`.
-    contrast
-        Orders the bars: reference samples, then treated, then any other level; by donor within.
-    paths
-        Files to write (PNG and/or PDF, format from the suffix).
-    title
-        Figure title; the subtitle always states that proportions are relative.
+    cells
+        One row per annotated cell: ``sample`` and one column per level.
+    settings
+        Transform, ``min_pairs`` and the study (contrast and sample metadata).
+
+    Returns
+    -------
+    proportions, tests
+        :func:`cell_counts` and :func:`paired_composition_test` of every level stacked, with a
+        ``level`` column first.
     """
-    table = _plain_props(props, contrast)
-    meta = table.drop_duplicates("sample").set_index("sample")[["_pair", "_level"]]
-    rank = _level_order(list(meta["_level"]), contrast)
-    meta = meta.assign(_rank=meta["_level"].map(rank)).reset_index() \
-        .sort_values(["_rank", "_pair", "sample"], kind="mergesort")
-    order = list(meta["sample"])
-    cell_types = sorted(table["cell_type"].unique())
-    colours = dict(zip(cell_types, plots.palette(len(cell_types))))
-    wide = table.pivot(index="sample", columns="cell_type", values="proportion") \
-        .reindex(index=order, columns=cell_types).fillna(0.0)
+    contrast, meta = settings.study.contrast, settings.study.sample_meta()
+    proportions, tests = [], []
+    for level in LEVELS:
+        props = cell_counts(cells, level, meta, contrast)
+        test = paired_composition_test(props, contrast, settings.transform, settings.min_pairs)
+        log.info("%s composition:\n%s", level, test.to_string(index=False))
+        proportions.append(props.assign(level=level))
+        tests.append(test.assign(level=level))
 
-    fig, ax = plt.subplots(figsize=(min(max(5.0, 0.42 * len(order) + 3.8), 24.0), 4.8),
-                           layout="constrained")
-    x = np.arange(len(order))
-    bottom = np.zeros(len(order))
-    for cell_type in cell_types:
-        values = wide[cell_type].to_numpy()
-        ax.bar(x, values, bottom=bottom, width=0.85, color=colours[cell_type], label=cell_type,
-               edgecolor="white", linewidth=0.3)
-        bottom += values
-    # Separate and name the contrast levels above the bars.
-    levels = list(meta["_level"])
-    starts = [i for i in range(len(levels)) if i == 0 or levels[i] != levels[i - 1]]
-    for j, start in enumerate(starts):
-        end = starts[j + 1] if j + 1 < len(starts) else len(levels)
-        if start:
-            ax.axvline(start - 0.5, color="black", linewidth=0.8)
-        ax.text((start + end - 1) / 2, 1.01, levels[start] or "(none)", ha="center", va="bottom",
-                fontsize=8, transform=ax.get_xaxis_transform())
-    ax.set_xticks(x)
-    ax.set_xticklabels(order, rotation=90, fontsize=8)
-    ax.set_xlim(-0.6, len(order) - 0.4)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("proportion of the sample's cells")
-    handles, labels = ax.get_legend_handles_labels()
-    # Reversed so that the legend reads top-down like the stack.
-    ax.legend(handles[::-1], labels[::-1], frameon=False, fontsize=7, loc="upper left",
-              bbox_to_anchor=(1.01, 1.0), title="cell type", title_fontsize=8)
-    ax.set_title(RELATIVE_NOTE, fontsize=8, style="italic", pad=16)
-    fig.suptitle(title, fontsize=10)
-    plots.save(fig, paths)
+    def level_first(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        frame = pd.concat(frames, ignore_index=True)
+        return frame[["level", *[c for c in frame.columns if c != "level"]]]
 
-
-def paired_lines_figure(props: pd.DataFrame, test: pd.DataFrame, contrast: Contrast,
-                        paths: Sequence[str | Path],
-                        title: str = "Change in cell-type proportions per donor") -> None:
-    """Small multiples of each cell type's proportion, one line per donor from reference to treated.
-
-    Parameters
-    ----------
-    props
-        Output of :func:`cell_counts`; only reference and treated samples are drawn.
-    test
-        Output of :func:`paired_composition_test` (``n_pairs`` and ``padj`` go into the panel
-        titles; a cell type missing from it is labelled "not tested").
-    contrast
-        Reference and treated levels and the pairing column.
-    paths
-        Files to write (PNG and/or PDF, format from the suffix).
-    title
-        Figure title; a second line always states that proportions are relative.
-    """
-    ref, trt = contrast.reference, contrast.treated
-    table = _plain_props(props, contrast)
-    cell_types = sorted(table["cell_type"].unique())
-    table = table[table["_level"].isin([ref, trt]) & table["proportion"].notna()]
-    table = table.assign(_x=(table["_level"] == trt).astype(int))
-    # A donor with replicate samples at one level is drawn at its mean proportion.
-    by_donor = table[table["_pair"] != ""].groupby(["cell_type", "_pair", "_x"])["proportion"].mean()
-    no_donor = table[table["_pair"] == ""]
-    donors = sorted(table.loc[table["_pair"] != "", "_pair"].unique())
-    colours = dict(zip(donors, plots.palette(len(donors))))
-    results = test.assign(cell_type=_str_values(test["cell_type"])).set_index("cell_type") \
-        if len(test) else pd.DataFrame(columns=["n_pairs", "padj"])
-
-    n_panels = max(len(cell_types), 1)
-    ncols = min(5, n_panels)
-    nrows = math.ceil(n_panels / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.3 * ncols + 1.4, 2.3 * nrows + 0.9),
-                             squeeze=False, layout="constrained")
-    flat = axes.ravel()
-    for ax, cell_type in zip(flat, cell_types):
-        for donor in donors:
-            key = (cell_type, donor)
-            points = by_donor.loc[key] if key in by_donor.index.droplevel("_x") else pd.Series(dtype=float)
-            xs, ys = points.index.to_numpy(), points.to_numpy()
-            if len(xs) == 2:
-                ax.plot(xs, ys, "-o", color=colours[donor], markersize=4, linewidth=1.2)
-            elif len(xs) == 1:
-                # A donor without its pair: a lone open point, no line.
-                ax.plot(xs, ys, "o", markerfacecolor="none", markeredgecolor=colours[donor], markersize=5)
-        lone = no_donor[no_donor["cell_type"] == cell_type]
-        if len(lone):
-            ax.plot(lone["_x"], lone["proportion"], "x", color="grey", markersize=5)
-        if cell_type in results.index:
-            row = results.loc[cell_type]
-            padj = float(row["padj"])
-            padj_text = f"padj {padj:.2g}" if np.isfinite(padj) else "padj n/a"
-            label = f"{int(row['n_pairs'])} pairs, {padj_text}"
-        else:
-            label = "not tested"
-        ax.set_title(f"{cell_type}\n{label}", fontsize=8)
-        ax.set_xticks([0, 1])
-        ax.set_xticklabels([ref, trt], fontsize=8)
-        ax.set_xlim(-0.4, 1.4)
-        # A little room below 0 so that zero proportions are not cut in half by the axis.
-        top = max(ax.get_ylim()[1], 1e-3)
-        ax.set_ylim(-0.04 * top, top)
-        ax.tick_params(axis="y", labelsize=7)
-    for ax in flat[len(cell_types):]:
-        ax.axis("off")
-    if not cell_types:
-        flat[0].text(0.5, 0.5, "no cells", ha="center", va="center", transform=flat[0].transAxes)
-    for row_axes in axes:
-        row_axes[0].set_ylabel("proportion", fontsize=8)
-    handles = [plt.Line2D([], [], color=colours[d], marker="o", markersize=4, label=d) for d in donors]
-    if len(no_donor):
-        handles.append(plt.Line2D([], [], color="grey", marker="x", linestyle="none", label="no donor"))
-    if handles:
-        fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=7,
-                   title=contrast.pair_by or "donor", title_fontsize=8)
-    fig.suptitle(f"{title}\n{RELATIVE_NOTE}", fontsize=10)
-    plots.save(fig, paths)
+    return level_first(proportions), level_first(tests)

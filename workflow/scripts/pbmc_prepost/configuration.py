@@ -31,11 +31,16 @@ def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
         allowed = sorted(error.schema.get("properties", {}))
         extra = [k for k in error.instance if k not in allowed] if isinstance(error.instance, dict) else []
         where = f"'{key}'" if error.absolute_path else "the top level"
-        return (f"unknown key(s) {', '.join(repr(e) for e in extra)} in {where}. "
-                f"Fix: use one of {', '.join(allowed)} (spelling?)")
+        return (
+            f"unknown key(s) {', '.join(repr(e) for e in extra)} in {where}. "
+            f"Fix: use one of {', '.join(allowed)} (spelling?)"
+        )
     if error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
-        bounds = {k: error.schema[k] for k in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
-                  if k in error.schema}
+        bounds = {
+            k: error.schema[k]
+            for k in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
+            if k in error.schema
+        }
         text = ", ".join(f"{k} {v}" for k, v in bounds.items())
         return f"{key} = {error.instance!r} is out of range ({text}). Fix: set a value within that range"
     if error.validator == "enum":
@@ -46,7 +51,9 @@ def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
     return f"{key}: {error.message}. Fix: see the schema{': ' + description if description else ''}"
 
 
-def validate_config(config: dict[str, Any], schema_path: str | Path, source: str = "config/config.yaml") -> dict[str, Any]:
+def validate_config(
+    config: dict[str, Any], schema_path: str | Path, source: str = "config/config.yaml"
+) -> dict[str, Any]:
     """Check ``config`` and return a copy with every default filled in.
 
     Parameters
@@ -66,30 +73,45 @@ def validate_config(config: dict[str, Any], schema_path: str | Path, source: str
     schema = yaml.safe_load(Path(schema_path).read_text())
     config = copy.deepcopy(dict(config))
     validator = jsonschema.Draft202012Validator(schema)
-    problems = [f"{source}: {_describe(e, schema)}." for e in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))]
+    problems = [
+        f"{source}: {_describe(e, schema)}."
+        for e in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    ]
     if problems:
         raise InputError("invalid configuration:\n" + "\n".join(problems))
     _fill_defaults(schema, config)
     clustering = config["clustering"]
     if clustering["default_resolution"] not in clustering["resolutions"]:
-        problems.append(f"{source}: clustering.default_resolution = {clustering['default_resolution']} is not among "
-                        f"clustering.resolutions {clustering['resolutions']}. Fix: add it to the list or pick one of them.")
+        problems.append(
+            f"{source}: clustering.default_resolution = {clustering['default_resolution']} is not among "
+            f"clustering.resolutions {clustering['resolutions']}. Fix: add it to the list or pick one of them."
+        )
     if config["annotation"]["resolution"] not in clustering["resolutions"]:
-        problems.append(f"{source}: annotation.resolution = {config['annotation']['resolution']} is not among "
-                        f"clustering.resolutions {clustering['resolutions']}. Fix: add it to the list or pick one of them.")
+        problems.append(
+            f"{source}: annotation.resolution = {config['annotation']['resolution']} is not among "
+            f"clustering.resolutions {clustering['resolutions']}. Fix: add it to the list or pick one of them."
+        )
     contrast = config["contrast"]
     if contrast["reference"] == contrast["treated"]:
-        problems.append(f"{source}: contrast.reference and contrast.treated are both {contrast['reference']!r}. "
-                        "Fix: name two different levels of the contrast column.")
+        problems.append(
+            f"{source}: contrast.reference and contrast.treated are both {contrast['reference']!r}. "
+            "Fix: name two different levels of the contrast column."
+        )
     if contrast["column"] == contrast["pair_by"]:
-        problems.append(f"{source}: contrast.column and contrast.pair_by are both {contrast['column']!r}. "
-                        "Fix: pair_by must be the patient/donor column.")
+        problems.append(
+            f"{source}: contrast.column and contrast.pair_by are both {contrast['column']!r}. "
+            "Fix: pair_by must be the patient/donor column."
+        )
     if config["integration"]["method"] != "none" and config["integration"]["key"] in (contrast["column"], "timepoint"):
-        problems.append(f"{source}: integration.key = {config['integration']['key']!r} is the treatment contrast; "
-                        "integrating on it would erase the effect under test. Fix: use a technical batch column (batch).")
+        problems.append(
+            f"{source}: integration.key = {config['integration']['key']!r} is the treatment contrast; "
+            "integrating on it would erase the effect under test. Fix: use a technical batch column (batch)."
+        )
     if config["neighbors"]["n_pcs"] > config["pca"]["n_comps"]:
-        problems.append(f"{source}: neighbors.n_pcs = {config['neighbors']['n_pcs']} exceeds pca.n_comps = "
-                        f"{config['pca']['n_comps']}. Fix: lower n_pcs or raise n_comps.")
+        problems.append(
+            f"{source}: neighbors.n_pcs = {config['neighbors']['n_pcs']} exceeds pca.n_comps = "
+            f"{config['pca']['n_comps']}. Fix: lower n_pcs or raise n_comps."
+        )
     for pattern_key in ("mito_pattern", "ribo_pattern", "hb_pattern"):
         _check_regex(config["qc"][pattern_key], f"qc.{pattern_key}", source, problems)
     for i, pattern in enumerate(config["hvg"]["exclude_patterns"]):

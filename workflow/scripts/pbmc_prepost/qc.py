@@ -11,63 +11,35 @@ Scrublet (Wolock et al. 2019) on the cells that pass the metric filters.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 
+from pbmc_prepost.design import Study, cell_key
+from pbmc_prepost.settings import QCSettings
+
 log = logging.getLogger(__name__)
 
 # Order in which failure reasons are listed in `fail_reason`.
-FAIL_REASONS = ["low_counts", "high_counts", "low_genes", "high_genes", "top20_outlier",
-                "high_pct_mt", "doublet"]
-# gzip without a timestamp: the same table gives the same bytes.
-GZIP = {"method": "gzip", "mtime": 0}
-CELL_TABLE_COLUMNS = ["sample", "barcode", "total_counts", "n_genes", "pct_mt", "pct_ribo", "pct_hb",
-                      "pct_top20", "doublet_score", "predicted_doublet", "qc_pass", "fail_reason"]
-
-
-@dataclass
-class QCSettings:
-    """Thresholds of the per-sample QC (config section ``qc`` plus ``doublets``)."""
-
-    mito_pattern: str = "^MT-"
-    ribo_pattern: str = "^RP[SL]"
-    hb_pattern: str = "^HB(?:A1|A2|B|D|E1|G1|G2|M|Q1|Z)$"
-    nmads_counts: float = 5.0
-    nmads_genes: float = 5.0
-    nmads_top20: float = 5.0
-    nmads_mt: float = 3.0
-    max_pct_mt: float = 8.0
-    min_counts: int = 500
-    min_genes: int = 200
-    remove_doublets: bool = True
-    doublet_call: str = "expected_rate"
-    expected_doublet_rate: float = 0.05
-    sim_doublet_ratio: float = 2.0
-    n_prin_comps: int = 30
-    mean_center: bool = False
-    min_cells_for_doublets: int = 100
-    seed: int = 0
-
-    @classmethod
-    def from_config(cls, qc: dict, doublets: dict, seed: int, overrides: dict | None = None) -> "QCSettings":
-        """Build settings from the config sections; ``overrides`` are this sample's own values."""
-        values = {**qc, **(overrides or {})}
-        names = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in values.items() if k in names}
-        kwargs.update(
-            remove_doublets=doublets.get("remove", True),
-            doublet_call=doublets.get("call", "expected_rate"),
-            expected_doublet_rate=doublets.get("expected_doublet_rate", 0.05),
-            sim_doublet_ratio=doublets.get("sim_doublet_ratio", 2.0),
-            n_prin_comps=doublets.get("n_prin_comps", 30),
-            mean_center=doublets.get("mean_center", False),
-            min_cells_for_doublets=doublets.get("min_cells", 100),
-            seed=seed,
-        )
-        return cls(**kwargs)
+FAIL_REASONS = ["low_counts", "high_counts", "low_genes", "high_genes", "top20_outlier", "high_pct_mt", "doublet"]
+CELL_TABLE_COLUMNS = [
+    "sample",
+    "barcode",
+    "total_counts",
+    "n_genes",
+    "pct_mt",
+    "pct_ribo",
+    "pct_hb",
+    "pct_top20",
+    "doublet_score",
+    "predicted_doublet",
+    "qc_pass",
+    "fail_reason",
+]
 
 
 def mad_bounds(values: np.ndarray, nmads: float) -> tuple[float, float]:
@@ -100,10 +72,8 @@ def add_qc_metrics(adata: ad.AnnData, settings: QCSettings) -> None:
     adata.var["ribo"] = names.str.contains(settings.ribo_pattern, regex=True).to_numpy()
     adata.var["hb"] = names.str.contains(settings.hb_pattern, regex=True).to_numpy()
     if not adata.var["mt"].any():
-        log.warning("no gene matches the mitochondrial pattern %r: pct_mt is 0 for every cell",
-                    settings.mito_pattern)
-    sc.pp.calculate_qc_metrics(adata, qc_vars=["mt", "ribo", "hb"], percent_top=[20], log1p=True,
-                               inplace=True)
+        log.warning("no gene matches the mitochondrial pattern %r: pct_mt is 0 for every cell", settings.mito_pattern)
+    sc.pp.calculate_qc_metrics(adata, qc_vars=["mt", "ribo", "hb"], percent_top=[20], log1p=True, inplace=True)
 
 
 def metric_thresholds(obs: pd.DataFrame, settings: QCSettings) -> dict[str, float]:
@@ -127,14 +97,17 @@ def metric_failures(obs: pd.DataFrame, thresholds: dict[str, float]) -> pd.DataF
     """Boolean frame, one column per metric filter, True where the cell fails it."""
     total, genes = obs["total_counts"], obs["n_genes_by_counts"]
     top = obs["pct_counts_in_top_20_genes"]
-    return pd.DataFrame({
-        "low_counts": total < thresholds["min_total_counts"],
-        "high_counts": total > thresholds["max_total_counts"],
-        "low_genes": genes < thresholds["min_n_genes"],
-        "high_genes": genes > thresholds["max_n_genes"],
-        "top20_outlier": (top < thresholds["min_pct_top20"]) | (top > thresholds["max_pct_top20"]),
-        "high_pct_mt": obs["pct_counts_mt"] > thresholds["max_pct_mt"],
-    }, index=obs.index)
+    return pd.DataFrame(
+        {
+            "low_counts": total < thresholds["min_total_counts"],
+            "high_counts": total > thresholds["max_total_counts"],
+            "low_genes": genes < thresholds["min_n_genes"],
+            "high_genes": genes > thresholds["max_n_genes"],
+            "top20_outlier": (top < thresholds["min_pct_top20"]) | (top > thresholds["max_pct_top20"]),
+            "high_pct_mt": obs["pct_counts_mt"] > thresholds["max_pct_mt"],
+        },
+        index=obs.index,
+    )
 
 
 def call_doublets(adata: ad.AnnData, settings: QCSettings) -> tuple[pd.Series, pd.Series, float | None]:
@@ -154,15 +127,26 @@ def call_doublets(adata: ad.AnnData, settings: QCSettings) -> tuple[pd.Series, p
     scores = pd.Series(np.nan, index=adata.obs_names, dtype=float)
     calls = pd.Series(False, index=adata.obs_names, dtype=bool)
     if adata.n_obs < settings.min_cells_for_doublets:
-        log.warning("only %d cells passed the metric filters (< %d): doublet detection skipped",
-                    adata.n_obs, settings.min_cells_for_doublets)
+        log.warning(
+            "only %d cells passed the metric filters (< %d): doublet detection skipped",
+            adata.n_obs,
+            settings.min_cells_for_doublets,
+        )
         return scores, calls, None
-    work = ad.AnnData(X=adata.X.copy(), obs=pd.DataFrame(index=adata.obs_names), var=pd.DataFrame(index=adata.var_names))
+    work = ad.AnnData(
+        X=adata.X.copy(), obs=pd.DataFrame(index=adata.obs_names), var=pd.DataFrame(index=adata.var_names)
+    )
     n_comps = int(min(settings.n_prin_comps, work.n_obs - 1, work.n_vars - 1))
-    sc.pp.scrublet(work, expected_doublet_rate=settings.expected_doublet_rate,
-                   sim_doublet_ratio=settings.sim_doublet_ratio, n_prin_comps=n_comps,
-                   mean_center=settings.mean_center,
-                   random_state=settings.seed, verbose=False, use_approx_neighbors=False)
+    sc.pp.scrublet(
+        work,
+        expected_doublet_rate=settings.expected_doublet_rate,
+        sim_doublet_ratio=settings.sim_doublet_ratio,
+        n_prin_comps=n_comps,
+        mean_center=settings.mean_center,
+        random_state=settings.seed,
+        verbose=False,
+        use_approx_neighbors=False,
+    )
     values = work.obs["doublet_score"].to_numpy()
     scores[:] = values
     if settings.doublet_call == "expected_rate":
@@ -176,8 +160,13 @@ def call_doublets(adata: ad.AnnData, settings: QCSettings) -> tuple[pd.Series, p
     else:
         threshold = work.uns["scrublet"].get("threshold")
         calls[:] = work.obs["predicted_doublet"].fillna(False).to_numpy().astype(bool)
-    log.info("doublets (%s): %d of %d cells called, score threshold %s", settings.doublet_call,
-             int(calls.sum()), len(values), threshold)
+    log.info(
+        "doublets (%s): %d of %d cells called, score threshold %s",
+        settings.doublet_call,
+        int(calls.sum()),
+        len(values),
+        threshold,
+    )
     return scores, calls, (float(threshold) if threshold is not None else None)
 
 
@@ -223,23 +212,28 @@ def run_sample_qc(adata: ad.AnnData, sample: str, settings: QCSettings) -> Sampl
     failures["doublet"] = obs["predicted_doublet"] & settings.remove_doublets
     qc_pass = ~failures.any(axis=1)
     reasons = failures[FAIL_REASONS]
-    fail_reason = reasons.apply(lambda row: ";".join(r for r, failed in row.items() if failed), axis=1) \
-        if len(reasons) else pd.Series([], dtype=str)
+    fail_reason = (
+        reasons.apply(lambda row: ";".join(r for r, failed in row.items() if failed), axis=1)
+        if len(reasons)
+        else pd.Series([], dtype=str)
+    )
 
-    cells = pd.DataFrame({
-        "sample": sample,
-        "barcode": obs.index.astype(str),
-        "total_counts": obs["total_counts"].round().astype(np.int64).to_numpy(),
-        "n_genes": obs["n_genes_by_counts"].astype(np.int64).to_numpy(),
-        "pct_mt": obs["pct_counts_mt"].round(4).to_numpy(),
-        "pct_ribo": obs["pct_counts_ribo"].round(4).to_numpy(),
-        "pct_hb": obs["pct_counts_hb"].round(4).to_numpy(),
-        "pct_top20": obs["pct_counts_in_top_20_genes"].round(4).to_numpy(),
-        "doublet_score": obs["doublet_score"].round(6).to_numpy(),
-        "predicted_doublet": obs["predicted_doublet"].to_numpy(),
-        "qc_pass": qc_pass.to_numpy(),
-        "fail_reason": fail_reason.to_numpy(),
-    })
+    cells = pd.DataFrame(
+        {
+            "sample": sample,
+            "barcode": obs.index.astype(str),
+            "total_counts": obs["total_counts"].round().astype(np.int64).to_numpy(),
+            "n_genes": obs["n_genes_by_counts"].astype(np.int64).to_numpy(),
+            "pct_mt": obs["pct_counts_mt"].round(4).to_numpy(),
+            "pct_ribo": obs["pct_counts_ribo"].round(4).to_numpy(),
+            "pct_hb": obs["pct_counts_hb"].round(4).to_numpy(),
+            "pct_top20": obs["pct_counts_in_top_20_genes"].round(4).to_numpy(),
+            "doublet_score": obs["doublet_score"].round(6).to_numpy(),
+            "predicted_doublet": obs["predicted_doublet"].to_numpy(),
+            "qc_pass": qc_pass.to_numpy(),
+            "fail_reason": fail_reason.to_numpy(),
+        }
+    )
     summary = {"sample": sample, "cells_in": int(adata.n_obs)}
     for reason in FAIL_REASONS:
         summary[f"failed_{reason}"] = int(failures[reason].sum())
@@ -248,16 +242,61 @@ def run_sample_qc(adata: ad.AnnData, sample: str, settings: QCSettings) -> Sampl
     summary.update({k: round(v, 4) for k, v in thresholds.items()})
     summary["doublet_score_threshold"] = round(doublet_threshold, 4) if doublet_threshold is not None else np.nan
     summary["expected_doublet_rate"] = settings.expected_doublet_rate
-    log.info("%s: %d barcodes in, %d pass (%s)", sample, adata.n_obs, summary["cells_out"],
-             ", ".join(f"{r}={summary[f'failed_{r}']}" for r in FAIL_REASONS))
+    log.info(
+        "%s: %d barcodes in, %d pass (%s)",
+        sample,
+        adata.n_obs,
+        summary["cells_out"],
+        ", ".join(f"{r}={summary[f'failed_{r}']}" for r in FAIL_REASONS),
+    )
 
     filtered = adata[qc_pass.to_numpy()].copy()
     filtered.obs["barcode"] = filtered.obs_names.astype(str)
-    filtered.obs_names = [f"{sample}:{bc}" for bc in filtered.obs_names]
-    keep_obs = ["barcode", "total_counts", "n_genes_by_counts", "pct_counts_mt", "pct_counts_ribo",
-                "pct_counts_hb", "pct_counts_in_top_20_genes", "doublet_score"]
+    filtered.obs_names = cell_key([sample] * filtered.n_obs, filtered.obs_names)
+    keep_obs = [
+        "barcode",
+        "total_counts",
+        "n_genes_by_counts",
+        "pct_counts_mt",
+        "pct_counts_ribo",
+        "pct_counts_hb",
+        "pct_counts_in_top_20_genes",
+        "doublet_score",
+    ]
     filtered.obs = filtered.obs[keep_obs].rename(columns={"n_genes_by_counts": "n_genes"})
     filtered.var = filtered.var[[c for c in ("gene_ids", "mt", "ribo", "hb") if c in filtered.var]]
     return SampleQC(filtered=filtered, cells=cells, summary=summary, obs=obs)
 
 
+def combine_samples(
+    cell_tables: Sequence[str | Path], summaries: Sequence[str | Path], study: Study
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The cohort's per-barcode table and per-sample summary from the per-sample QC outputs.
+
+    The summary gets the study's metadata columns after ``sample``; the share removed per
+    condition is logged, because unequal QC loss between timepoints is itself a warning sign.
+    """
+    from pbmc_prepost.tables import read_tsv
+
+    cells = pd.concat(
+        [
+            read_tsv(
+                path,
+                dtype={"barcode": str, "fail_reason": str},
+                keep_default_na=False,
+                na_values={"doublet_score": [""]},
+            )
+            for path in cell_tables
+        ],
+        ignore_index=True,
+    )
+    cells["fail_reason"] = cells["fail_reason"].fillna("")
+    summary = pd.concat([read_tsv(path) for path in summaries], ignore_index=True)
+    meta = study.sample_meta()
+    for column in reversed(study.meta_columns):
+        summary.insert(1, column, summary["sample"].map(meta[column]))
+    condition = study.contrast.column
+    by_condition = summary.groupby(condition)[["cells_in", "cells_out"]].sum()
+    by_condition["pct_removed"] = 100 * (1 - by_condition["cells_out"] / by_condition["cells_in"])
+    log.info("QC removal by %s:\n%s", condition, by_condition.round(2).to_string())
+    return cells[CELL_TABLE_COLUMNS], summary

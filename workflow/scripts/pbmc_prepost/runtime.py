@@ -21,8 +21,9 @@ def start_job(log_path: str | None, threads: int = 1, seed: int = 0) -> logging.
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_path, mode="w"))
-    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, handlers=handlers, force=True, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.captureWarnings(True)
     warnings.filterwarnings("ignore", category=FutureWarning)
     logger = logging.getLogger("job")
@@ -33,7 +34,7 @@ def start_job(log_path: str | None, threads: int = 1, seed: int = 0) -> logging.
     sys.excepthook = excepthook
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (libraries that draw from numpy's global generator)
     # scanpy's defaults (n_jobs 1, verbosity 1) already fit a 1-thread job; importing scanpy only
     # to set them cost 2 s in every job that never uses it (DE, tables, figures).
     if threads > 1 or "scanpy" in sys.modules:
@@ -45,10 +46,22 @@ def start_job(log_path: str | None, threads: int = 1, seed: int = 0) -> logging.
 
 
 # Modules whose numba functions a kNN graph and UMAP compile (scanpy -> pynndescent, umap-learn).
-NUMBA_MODULES = ("pynndescent.distances", "pynndescent.utils", "pynndescent.rp_trees",
-                 "pynndescent.sparse", "pynndescent.sparse_nndescent", "pynndescent.graph_utils",
-                 "pynndescent.threaded_rp_trees", "pynndescent.pynndescent_", "umap.utils",
-                 "umap.distances", "umap.sparse", "umap.layouts", "umap.spectral", "umap.umap_")
+NUMBA_MODULES = (
+    "pynndescent.distances",
+    "pynndescent.utils",
+    "pynndescent.rp_trees",
+    "pynndescent.sparse",
+    "pynndescent.sparse_nndescent",
+    "pynndescent.graph_utils",
+    "pynndescent.threaded_rp_trees",
+    "pynndescent.pynndescent_",
+    "umap.utils",
+    "umap.distances",
+    "umap.sparse",
+    "umap.layouts",
+    "umap.spectral",
+    "umap.umap_",
+)
 
 
 def cache_numba_compilation(modules: tuple[str, ...] = NUMBA_MODULES) -> int:

@@ -20,16 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pbmc_prepost import InputError
-from pbmc_prepost import io as pio
-
-__all__ = [
-    "DEFAULT_BATCH",
-    "Contrast",
-    "SheetReport",
-    "format_warnings",
-    "load_sample_sheet",
-]
+from pbmc_prepost import InputError, preflight
+from pbmc_prepost.design import Contrast
+from pbmc_prepost.formats import FORMATS
 
 #: Batch given to samples whose batch is empty: one constant batch means "no batch structure".
 DEFAULT_BATCH = "batch_1"
@@ -59,28 +52,6 @@ _FORMAT_ALIASES = {
 
 
 @dataclass
-class Contrast:
-    """Which samples are compared, and how they are paired.
-
-    Attributes
-    ----------
-    column
-        Sheet column holding the condition (required column).
-    reference
-        Baseline value of ``column`` (e.g. before treatment).
-    treated
-        Value of ``column`` compared against the reference.
-    pair_by
-        Sheet column naming the patient; samples of one donor are paired.
-    """
-
-    column: str = "timepoint"
-    reference: str = "pre"
-    treated: str = "post"
-    pair_by: str = "donor"
-
-
-@dataclass
 class SheetReport:
     """A validated sample sheet.
 
@@ -104,22 +75,6 @@ class SheetReport:
     samples: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
     paired_donors: list[str] = field(default_factory=list)
-
-
-def format_warnings(report: SheetReport) -> str:
-    """Join the report's warnings into printable text (empty string when there are none).
-
-    Parameters
-    ----------
-    report
-        Result of :func:`load_sample_sheet`.
-
-    Returns
-    -------
-    str
-        One warning per line.
-    """
-    return "\n".join(report.warnings)
 
 
 class _Messages:
@@ -202,8 +157,7 @@ def _read_table(path: Path, msgs: _Messages) -> tuple[list[str], list[tuple[int,
                 return [], []
         if len(header_text.split()) > 1:
             msgs.problem(
-                "the header columns are separated by spaces, but the sheet must be "
-                "tab-separated",
+                "the header columns are separated by spaces, but the sheet must be tab-separated",
                 "put exactly one tab between columns",
                 header_line,
             )
@@ -222,8 +176,7 @@ def _read_table(path: Path, msgs: _Messages) -> tuple[list[str], list[tuple[int,
         if len(values) > len(header):
             if any(values[len(header) :]):
                 msgs.problem(
-                    f"the line has {len(values)} tab-separated values but the header has "
-                    f"{len(header)} columns",
+                    f"the line has {len(values)} tab-separated values but the header has {len(header)} columns",
                     "remove the extra values (or stray tabs), or add a header for the column",
                     number,
                     values[header.index("sample")] if "sample" in header else "",
@@ -233,9 +186,7 @@ def _read_table(path: Path, msgs: _Messages) -> tuple[list[str], list[tuple[int,
         values += [""] * (len(header) - len(values))  # editors drop trailing empty cells
         rows.append((number, values))
     # A trailing tab in the header gives a nameless, empty column: harmless, drop it.
-    keep = [
-        i for i, name in enumerate(header) if name or any(values[i] for _, values in rows)
-    ]
+    keep = [i for i, name in enumerate(header) if name or any(values[i] for _, values in rows)]
     for i in range(len(header)):
         if i in keep and not header[i]:
             msgs.problem(
@@ -276,9 +227,7 @@ def _check_columns(
         hint = ""
         if name.lower() in lower:
             hint = f" (rename '{lower[name.lower()]}' to '{name}': names are case-sensitive)"
-        why = (
-            ", the config contrast column" if name == contrast.column != "timepoint" else ""
-        )
+        why = ", the config contrast column" if name == contrast.column != "timepoint" else ""
         msgs.problem(
             f"missing required column '{name}'{why} (columns found: {found or 'none'})",
             f"add a '{name}' column{hint}",
@@ -294,8 +243,7 @@ def _check_columns(
         if name and name not in known:
             msgs.problem(
                 f"unknown column '{name}'",
-                "remove it, or list it in config key `extra_sample_columns` to carry it into "
-                "the outputs",
+                "remove it, or list it in config key `extra_sample_columns` to carry it into the outputs",
             )
     for name in extra_columns:
         if name not in seen:
@@ -366,12 +314,12 @@ def _check_row(
             seen_ids[sample] = line
 
     fmt = row.get("format", "")
-    if fmt and fmt not in pio.FORMATS:
+    if fmt and fmt not in FORMATS:
         alias = _FORMAT_ALIASES.get(fmt.lower().replace("-", "_"))
         hint = f" (did you mean '{alias}'?)" if alias else ""
         msgs.problem(
             f"unknown format '{fmt}'",
-            f"use one of {', '.join(pio.FORMATS)}{hint}, or leave it empty to auto-detect",
+            f"use one of {', '.join(FORMATS)}{hint}, or leave it empty to auto-detect",
             line,
             sample,
         )
@@ -385,34 +333,11 @@ def _check_row(
     resolved = os.path.abspath(expanded) if path else ""
     detected = ""
     if path and check_files:
-        cwd = os.getcwd()
-        if not os.path.exists(expanded):
-            msgs.problem(
-                f"path '{path}' does not exist (looked for {resolved})",
-                f"correct the path; relative paths are relative to the folder where snakemake "
-                f"runs ({cwd})",
-                line,
-                sample,
-            )
-        elif not os.access(expanded, os.R_OK | (os.X_OK if os.path.isdir(expanded) else 0)):
-            msgs.problem(
-                f"path '{path}' is not readable", "fix its permissions (chmod)", line, sample
-            )
-        else:
-            try:
-                detected = pio.detect_format(expanded, source)
-            except InputError as exc:
-                # An explicit format is trusted for unusual names; its content is peeked below.
-                if not fmt and format_ok:
-                    msgs.problems.append(str(exc))
-            if fmt and detected and fmt != detected:
-                msgs.problem(
-                    f"format is '{fmt}' but '{path}' looks like {detected}",
-                    f"set format to '{detected}' (or leave it empty to auto-detect), or correct "
-                    "the path",
-                    line,
-                    sample,
-                )
+        # An explicit format is trusted for unusual names; its content is peeked below.
+        detected, problems = preflight.locate_count_file(
+            path, fmt, report_undetected=not fmt and format_ok, source=source
+        )
+        msgs.problems += problems
     elif path:
         detected = _guess_format(path)
     effective = fmt or detected
@@ -427,17 +352,7 @@ def _check_row(
         )
 
     if check_files and effective and len(msgs.problems) == before:
-        try:
-            pio.peek_counts(expanded, effective, layer or None, source=source)
-        except InputError as exc:
-            msgs.problems.append(str(exc))
-        except Exception as exc:  # a reader bug must still point at the sheet line
-            msgs.problem(
-                f"'{path}' cannot be checked ({type(exc).__name__}: {exc})",
-                "check the file is a complete, uncorrupted count matrix",
-                line,
-                sample,
-            )
+        msgs.problems += preflight.peek_count_file(path, effective, layer, source)
     return {"format": effective, "resolved_path": resolved, "source": source}
 
 
@@ -469,14 +384,11 @@ def _pairing(
     for arm in arms:
         if not (table[contrast.column] == arm).any():
             msgs.warn(
-                f"no sample has {contrast.column} '{arm}', so the '{treated}' vs '{ref}' "
-                "contrast cannot be computed",
+                f"no sample has {contrast.column} '{arm}', so the '{treated}' vs '{ref}' contrast cannot be computed",
                 f"check the {contrast.column} values and the config `contrast` section",
             )
     pair = contrast.pair_by
-    unpaired_fix = (
-        f"add a '{pair}' column naming the patient of each sample to get a paired test"
-    )
+    unpaired_fix = f"add a '{pair}' column naming the patient of each sample to get a paired test"
     if not has_pair_column:
         msgs.warn(
             f"no '{pair}' column, so no pairing: the contrast falls back to an unpaired design",
@@ -505,8 +417,7 @@ def _pairing(
                 msgs.warn(
                     f"{pair} '{donor}' has only {contrast.column} '{have}' (no '{other}' "
                     "sample): excluded from paired tests",
-                    f"add the {pair}'s '{other}' sample, or ignore this if it is missing on "
-                    "purpose",
+                    f"add the {pair}'s '{other}' sample, or ignore this if it is missing on purpose",
                     lines[sample],
                     str(sample),
                 )
@@ -517,8 +428,7 @@ def _pairing(
                     msgs.warn(
                         f"{pair} '{donor}' has {len(same)} samples at {contrast.column} '{tp}' "
                         f"(lines {where}): their pseudobulks are treated as separate samples",
-                        f"nothing if they are replicates; otherwise correct the {pair} or "
-                        f"{contrast.column}",
+                        f"nothing if they are replicates; otherwise correct the {pair} or {contrast.column}",
                         lines[sample],
                         str(sample),
                     )
@@ -533,7 +443,7 @@ def _pairing(
 
 def load_sample_sheet(
     path: str | Path,
-    contrast: Contrast | None = None,
+    contrast: Contrast,
     extra_columns: Sequence[str] = (),
     check_files: bool = True,
 ) -> SheetReport:
@@ -545,7 +455,7 @@ def load_sample_sheet(
         The tab-separated sheet; error messages name it as given here.
     contrast
         Contrast column, its reference/treated values and the pairing column
-        (default :class:`Contrast`).
+        (:meth:`pbmc_prepost.design.Contrast.from_config`).
     extra_columns
         Extra metadata columns allowed in the sheet (config ``extra_sample_columns``).
     check_files
@@ -563,7 +473,6 @@ def load_sample_sheet(
     InputError
         Listing every problem found, one per line.
     """
-    contrast = contrast or Contrast()
     msgs = _Messages(str(path))
     header, rows = _read_table(Path(path), msgs)
     if not header:
@@ -614,7 +523,7 @@ def load_sample_sheet(
 
     has_pair_column = contrast.pair_by in header
     paired_donors = _pairing(table, lines, contrast, has_pair_column, msgs)
-    table["paired"] = table[contrast.pair_by].isin(paired_donors) & table[
-        contrast.column
-    ].isin([contrast.reference, contrast.treated])
+    table["paired"] = table[contrast.pair_by].isin(paired_donors) & table[contrast.column].isin(
+        [contrast.reference, contrast.treated]
+    )
     return SheetReport(samples=table, warnings=msgs.warnings, paired_donors=paired_donors)

@@ -1,4 +1,4 @@
-"""Pseudobulk DE (pbmc_prepost.pseudobulk_de) on simulated data with known truth.
+"""Pseudobulks and their paired DE (pbmc_prepost.pseudobulk, .de) on simulated data with known truth.
 
 The expensive part is pyDESeq2 (a few seconds per group), so every configuration is fitted once
 in a module-scoped fixture, and only on the groups a test looks at; checks of the design logic
@@ -16,17 +16,14 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from pbmc_prepost import pseudobulk_de as pde
-from pbmc_prepost.samplesheet import Contrast
-from pbmc_prepost.simulate import (
-    IL7_T_EFFECTS,
-    MONO_EFFECTS,
-    NULL_EXHAUSTION_GENES,
-    SimulationParams,
-    simulate,
-)
+from pbmc_prepost import de, pseudobulk
+from pbmc_prepost.design import Contrast, safe_name, safe_names
+from pbmc_prepost.plots.de import paired_genes_figure, volcano_figure
+from pbmc_prepost.settings import DESettings
+from pbmc_prepost.simulation.biology import IL7_T_EFFECTS, MONO_EFFECTS, NULL_EXHAUSTION_GENES
 
-CONTRAST = Contrast()
+from conftest import CONTRAST, settings_of
+
 T_GROUPS = ["CD4 T", "CD8 T"]
 # Groups fitted on the treated data: the planted T-cell and monocyte effects, plus a group too
 # small to pseudobulk (plasma: ~4 cells per sample), which must come back as skipped.
@@ -35,45 +32,25 @@ NULL_GROUPS = ["CD4 T", "CD8 T", "NK", "B", "CD14 mono", "CD16 mono"]
 N_CPUS = min(2, os.cpu_count() or 1)
 
 
-def _cells(effect: bool) -> ad.AnnData:
-    """Simulated singlets of 5 donors x pre/post, as the annotated object looks."""
-    data = simulate(SimulationParams(n_donors=5, cells_per_sample=900, n_genes=3000, seed=3,
-                                     treatment_effect=effect))
-    parts = []
-    for sample, adata in data.samples.items():
-        adata = adata[~adata.obs["is_doublet"] & ~adata.obs["is_dying"]].copy()
-        donor, timepoint = sample.rsplit("_", 1)
-        adata.obs = adata.obs[["cell_type", "lineage"]].assign(sample=sample, donor=donor, timepoint=timepoint,
-                                                               batch="b1")
-        adata.obs_names = [f"{sample}:{bc}" for bc in adata.obs_names]
-        parts.append(adata)
-    cells = ad.concat(parts)
-    cells.layers["counts"] = sp.csr_matrix(cells.X, dtype=np.float32)
-    # X log-normalized as in the workflow: DE must use the counts layer, not this.
-    lib = np.asarray(cells.X.sum(1)).ravel()
-    cells.X = sp.csr_matrix(cells.X.multiply(1e4 / lib[:, None]).log1p().astype(np.float32))
+def _settings(**changes) -> DESettings:
+    return settings_of(DESettings, n_cpus=N_CPUS, **changes)
+
+
+@pytest.fixture(scope="module")
+def treated(cells) -> ad.AnnData:
     return cells
 
 
-def _settings(**kwargs) -> pde.DESettings:
-    return pde.DESettings(n_cpus=N_CPUS, **kwargs)
-
-
 @pytest.fixture(scope="module")
-def treated() -> ad.AnnData:
-    return _cells(True)
-
-
-@pytest.fixture(scope="module")
-def null() -> ad.AnnData:
-    return _cells(False)
+def null(null_cells) -> ad.AnnData:
+    return null_cells
 
 
 @pytest.fixture(scope="module")
 def treated_fit(treated):
     """Paired fit of the groups the checks need (groups are fitted independently)."""
     subset = treated[treated.obs["lineage"].isin(TREATED_GROUPS)].copy()
-    return pde.de_all_groups(subset, CONTRAST, _settings())
+    return de.fit_all_populations(subset, _settings())
 
 
 @pytest.fixture(scope="module")
@@ -81,19 +58,19 @@ def unpaired_fit(treated):
     """Same treated T cells with the pairing column gone: the unpaired fallback."""
     subset = treated[treated.obs["lineage"].isin(T_GROUPS)].copy()
     del subset.obs["donor"]
-    return pde.de_all_groups(subset, CONTRAST, _settings())
+    return de.fit_all_populations(subset, _settings())
 
 
 @pytest.fixture(scope="module")
 def null_fit(null):
     """Null fit of the six largest lineages (every lineage would double the suite's slowest fixture)."""
     subset = null[null.obs["lineage"].isin(NULL_GROUPS)].copy()
-    return pde.de_all_groups(subset, CONTRAST, _settings())
+    return de.fit_all_populations(subset, _settings())
 
 
 @pytest.fixture(scope="module")
 def treated_pb(treated):
-    return pde.pseudobulk_for_contrast(treated, CONTRAST, _settings())
+    return pseudobulk.pseudobulk_for_contrast(treated, _settings())
 
 
 def _found(tables: dict[str, pd.DataFrame], effects: dict[str, float], groups: list[str]) -> int:
@@ -102,8 +79,11 @@ def _found(tables: dict[str, pd.DataFrame], effects: dict[str, float], groups: l
     for group in groups:
         table = tables[group].set_index("gene")
         for gene, fold in effects.items():
-            if gene in table.index and table.loc[gene, "padj"] < 0.05 \
-                    and np.sign(table.loc[gene, "log2FoldChange"]) == np.sign(fold):
+            if (
+                gene in table.index
+                and table.loc[gene, "padj"] < 0.05
+                and np.sign(table.loc[gene, "log2FoldChange"]) == np.sign(fold)
+            ):
                 found += 1
     return found
 
@@ -119,16 +99,16 @@ def _gene_subset(pb: ad.AnnData, n: int = 300) -> ad.AnnData:
 
 def test_tables_and_summary_have_the_promised_shape(treated_fit):
     tables, summary = treated_fit
-    assert list(summary.columns) == pde.SUMMARY_COLUMNS
-    assert list(summary["cell_type"]) == sorted(TREATED_GROUPS)
+    assert list(summary.columns) == de.SUMMARY_COLUMNS
+    assert list(summary["population"]) == sorted(TREATED_GROUPS)
     assert set(tables) == {"CD4 T", "CD8 T", "CD14 mono"}
     for group, table in tables.items():
-        assert list(table.columns) == pde.RESULT_COLUMNS
+        assert list(table.columns) == de.RESULT_COLUMNS
         p = table["pvalue"].to_numpy()
         finite = p[~np.isnan(p)]
         assert np.all(np.diff(finite) >= 0), group
-        assert np.isnan(p[len(finite):]).all(), "NaN p-values sort last"
-        row = summary.set_index("cell_type").loc[group]
+        assert np.isnan(p[len(finite) :]).all(), "NaN p-values sort last"
+        row = summary.set_index("population").loc[group]
         assert row["status"] == "tested" and row["reason"] == ""
         assert row["n_genes_tested"] == len(table)
         assert row["n_up"] == int(((table["padj"] < 0.05) & (table["log2FoldChange"] > 0)).sum())
@@ -167,9 +147,9 @@ def test_null_simulation_calls_at_most_one_percent(null_fit):
     tested = summary[summary["status"] == "tested"]
     assert len(tested) >= 6, summary
     for _, row in tested.iterrows():
-        table = tables[row["cell_type"]]
+        table = tables[row["population"]]
         n_hits = int((table["padj"] < 0.05).sum())
-        assert n_hits <= 0.01 * len(table), f"{row['cell_type']}: {n_hits} of {len(table)} genes at padj < 0.05"
+        assert n_hits <= 0.01 * len(table), f"{row['population']}: {n_hits} of {len(table)} genes at padj < 0.05"
 
 
 # -- 3. pairing ----------------------------------------------------------------------------------
@@ -191,11 +171,11 @@ def test_paired_design_recovers_more_planted_genes_than_unpaired(treated_fit, un
 
 def test_donor_missing_post_sample_is_excluded_and_named(treated_pb):
     group = treated_pb[(treated_pb.obs["lineage"] == "CD4 T") & (treated_pb.obs["sample"] != "D5_post")]
-    table, summary = pde.de_one_group(_gene_subset(group), CONTRAST, _settings(level="lineage"))
+    table, summary = de.fit_population(_gene_subset(group), _settings(level="lineage"))
     assert summary["status"] == "tested", summary
     assert summary["n_pairs"] == 4 and summary["n_samples"] == 8
     assert "D5" in summary["note"] and "excluded" in summary["note"]
-    assert summary["cell_type"] == "CD4 T"
+    assert summary["population"] == "CD4 T"
     assert table.set_index("gene").loc["IL7R", "log2FoldChange"] < 0
 
 
@@ -203,16 +183,16 @@ def test_donor_missing_post_sample_is_excluded_and_named(treated_pb):
 
 
 def test_groups_with_too_few_pairs_are_skipped_with_a_reason(treated):
-    tables, summary = pde.de_all_groups(treated, CONTRAST, _settings(min_pairs=6))
+    tables, summary = de.fit_all_populations(treated, _settings(min_pairs=6))
     assert tables == {}
-    assert list(summary["cell_type"]) == sorted(treated.obs["lineage"].unique())
+    assert list(summary["population"]) == sorted(treated.obs["lineage"].unique())
     assert (summary["status"] == "skipped").all()
     assert (summary["reason"] != "").all()
-    cd4 = summary.set_index("cell_type").loc["CD4 T"]
+    cd4 = summary.set_index("population").loc["CD4 T"]
     assert cd4["reason"] == "5 complete donor pairs < min_pairs 6"
     assert cd4["n_pairs"] == 5 and cd4["n_genes_tested"] == 0
     # Plasma cells are rare (a few per sample): too few cells or too few samples, said either way.
-    plasma_reason = summary.set_index("cell_type").loc["plasma", "reason"]
+    plasma_reason = summary.set_index("population").loc["plasma", "reason"]
     assert plasma_reason == "no pseudobulk with >= 10 cells" or "samples < min_pairs" in plasma_reason
 
 
@@ -222,13 +202,13 @@ def test_pseudobulks_below_min_cells_are_dropped(treated_pb):
     assert n_cells.iloc[0] < n_cells.iloc[1]
     smallest = group.obs.loc[n_cells.index[0]]
     # min_pairs high: the group is skipped before any fit, but the counts show what was kept.
-    _, summary = pde.de_one_group(group, CONTRAST, _settings(min_cells=int(n_cells.iloc[0]) + 1, min_pairs=99))
+    _, summary = de.fit_population(group, _settings(min_cells=int(n_cells.iloc[0]) + 1, min_pairs=99))
     assert summary["n_samples"] == 8 and summary["n_pairs"] == 4
     # The small pseudobulk goes, and with it its donor's other sample (no longer a pair).
     assert summary["n_cells"] == int(group.obs.loc[group.obs["donor"] != smallest["donor"], "n_cells"].sum())
     assert smallest["donor"] in summary["note"]
     assert summary["status"] == "skipped" and summary["reason"] == "4 complete donor pairs < min_pairs 99"
-    _, summary = pde.de_one_group(group, CONTRAST, _settings(min_counts=10**9))
+    _, summary = de.fit_population(group, _settings(min_counts=10**9))
     assert summary["status"] == "skipped" and "counts" in summary["reason"]
 
 
@@ -245,11 +225,11 @@ def _meta(batch: list[str] | None = None) -> pd.DataFrame:
 
 def test_batch_collinear_with_donor_is_not_added():
     meta = _meta(batch=[f"run{i // 2}" for i in range(10)])  # one batch per donor
-    design = pde.choose_design(meta, CONTRAST, "batch", use_batch=True)
+    design = de.choose_design(meta, CONTRAST, "batch", use_batch=True)
     assert design.formula == "~donor + timepoint" and design.paired and design.n_pairs == 5
     assert "batch not added (collinear with donor)" in design.note
     meta["batch"] = meta["timepoint"]  # batch = timepoint: confounded with the contrast
-    design = pde.choose_design(meta, CONTRAST, "batch", use_batch=True)
+    design = de.choose_design(meta, CONTRAST, "batch", use_batch=True)
     assert design.formula == "~donor + timepoint"
     assert "collinear with timepoint" in design.note
 
@@ -258,27 +238,27 @@ def test_estimable_batch_is_added_and_can_be_switched_off():
     # D1_post and D2_pre were run in batch b2: not a function of donor or timepoint.
     batch = ["b2" if s in ("D1_post", "D2_pre") else "b1" for s in _meta().index]
     meta = _meta(batch=batch)
-    design = pde.choose_design(meta, CONTRAST, "batch", use_batch=True)
+    design = de.choose_design(meta, CONTRAST, "batch", use_batch=True)
     assert design.formula == "~donor + batch + timepoint"
     assert design.covariates == ["donor", "batch"] and design.df_residual == 3
     assert "batch added" in design.note
-    design = pde.choose_design(meta, CONTRAST, "batch", use_batch=False)
+    design = de.choose_design(meta, CONTRAST, "batch", use_batch=False)
     assert design.formula == "~donor + timepoint" and "use_batch is off" in design.note
 
 
 def test_unpaired_fallback_and_excluded_donors_in_the_design_note():
     meta = _meta().drop(columns="donor")
-    design = pde.choose_design(meta, CONTRAST, None, use_batch=True)
+    design = de.choose_design(meta, CONTRAST, None, use_batch=True)
     assert not design.paired and design.formula == "~timepoint" and design.n_pairs == 0
     assert design.note.startswith("unpaired fallback") and "'donor' missing" in design.note
     # Every donor seen once only: no pair is possible.
     meta = _meta().iloc[[0, 3, 4, 7]]
-    design = pde.choose_design(meta, CONTRAST, None, use_batch=True)
+    design = de.choose_design(meta, CONTRAST, None, use_batch=True)
     assert not design.paired and "unpaired fallback" in design.note
     # D4 and D5 lack a post sample; an extra timepoint is ignored.
     extra = pd.DataFrame({"sample": ["D1_d30"], "donor": ["D1"], "timepoint": ["d30"]}, index=["D1_d30"])
     meta = pd.concat([_meta().drop(index=["D4_post", "D5_post"]), extra])
-    design = pde.choose_design(meta, CONTRAST, None, use_batch=True)
+    design = de.choose_design(meta, CONTRAST, None, use_batch=True)
     assert design.paired and design.n_pairs == 3 and design.excluded_donors == ["D4", "D5"]
     assert sorted(design.samples) == sorted(f"D{d}_{t}" for d in (1, 2, 3) for t in ("pre", "post"))
     assert "D4, D5" in design.note
@@ -292,7 +272,7 @@ def test_odd_column_names_levels_and_batch_fit_end_to_end(treated):
     cells.obs["patient id"] = cells.obs["donor"].str.replace("D", "1")
     cells.obs["run batch"] = np.where(cells.obs["sample"].isin(["D1_post", "D2_pre"]), "2", "1")
     contrast = Contrast(column="visit-day", reference="day 0", treated="day 7", pair_by="patient id")
-    tables, summary = pde.de_all_groups(cells, contrast, _settings(), batch_col="run batch")
+    tables, summary = de.fit_all_populations(cells, _settings(contrast=contrast), batch_col="run batch")
     row = summary.iloc[0]
     assert row["status"] == "tested", row.to_dict()
     assert row["design"] == "~patient_id + run_batch + visit_day" and row["n_pairs"] == 5
@@ -305,28 +285,31 @@ def test_odd_column_names_levels_and_batch_fit_end_to_end(treated):
 
 
 def test_safe_name_examples_and_uniqueness():
-    assert pde.safe_name("CD4 T") == "CD4_T"
-    assert pde.safe_name("gd T") == "gd_T"
-    assert pde.safe_name("NK CD56bright") == "NK_CD56bright"
-    assert pde.safe_name("CD14+ mono (classical)") == "CD14_mono_classical"
-    assert pde.safe_name("B/plasma") == "B_plasma"
-    assert pde.safe_name("HLA-DR.high") == "HLA-DR.high"
-    assert pde.safe_name("+++") == pde.safe_name("+++") and pde.safe_name("+++").startswith("group_")
+    assert safe_name("CD4 T") == "CD4_T"
+    assert safe_name("gd T") == "gd_T"
+    assert safe_name("NK CD56bright") == "NK_CD56bright"
+    assert safe_name("CD14+ mono (classical)") == "CD14_mono_classical"
+    assert safe_name("B/plasma") == "B_plasma"
+    assert safe_name("HLA-DR.high") == "HLA-DR.high"
+    assert safe_name("+++") == safe_name("+++") and safe_name("+++").startswith("group_")
     labels = ["CD4 T", "CD4+ T", "CD4_T", "CD8 T", "+", "-"]
-    names = pde.safe_names(labels)
+    names = safe_names(labels)
     assert len(set(names.values())) == len(labels)
     assert names["CD4_T"] == "CD4_T" and names["CD8 T"] == "CD8_T"
     assert all(re.fullmatch(r"[A-Za-z0-9._-]+", n) for n in names.values())
-    assert pde.safe_names(reversed(labels)) == names  # stable: order does not matter
+    assert safe_names(reversed(labels)) == names  # stable: order does not matter
 
 
 def _tiny() -> ad.AnnData:
-    counts = np.array([[1, 0, 3], [2, 5, 0], [0, 1, 1], [4, 0, 0], [7, 2, 1], [0, 0, 9], [1, 1, 1]],
-                      dtype=np.float32)
-    obs = pd.DataFrame({"sample": ["s1", "s1", "s1", "s2", "s2", "s2", "s2"],
-                        "group": ["A", "B", "A", "A", "A", "C", "C"],
-                        "donor": ["d1", "d1", "d1", "d2", "d2", "d2", "d2"]},
-                       index=[f"c{i}" for i in range(7)])
+    counts = np.array([[1, 0, 3], [2, 5, 0], [0, 1, 1], [4, 0, 0], [7, 2, 1], [0, 0, 9], [1, 1, 1]], dtype=np.float32)
+    obs = pd.DataFrame(
+        {
+            "sample": ["s1", "s1", "s1", "s2", "s2", "s2", "s2"],
+            "group": ["A", "B", "A", "A", "A", "C", "C"],
+            "donor": ["d1", "d1", "d1", "d2", "d2", "d2", "d2"],
+        },
+        index=[f"c{i}" for i in range(7)],
+    )
     cells = ad.AnnData(X=np.log1p(counts), obs=obs, var=pd.DataFrame(index=["g1", "g2", "g3"]))
     cells.layers["counts"] = sp.csr_matrix(counts)
     return cells
@@ -334,7 +317,7 @@ def _tiny() -> ad.AnnData:
 
 def test_pseudobulk_sums_raw_counts_exactly():
     cells = _tiny()
-    pb = pde.pseudobulk(cells, "group", meta_columns=["donor"])
+    pb = pseudobulk.pseudobulk(cells, "group", meta_columns=["donor"])
     counts = cells.layers["counts"].toarray()
     expected = {}
     for (sample, group), idx in cells.obs.groupby(["sample", "group"]).indices.items():
@@ -352,29 +335,29 @@ def test_pseudobulk_sums_raw_counts_exactly():
 def test_pseudobulk_fallback_and_input_checks(treated, monkeypatch):
     # The indicator product gives exactly decoupler's sums on real-sized data.
     obs = treated.obs[["sample", "lineage"]].astype(str)
-    keys, X = pde._pseudobulk_indicator(sp.csr_matrix(treated.layers["counts"]), obs, "sample", "lineage")
-    pb = pde.pseudobulk(treated, "lineage")
+    keys, X = pseudobulk._pseudobulk_indicator(sp.csr_matrix(treated.layers["counts"]), obs, "sample", "lineage")
+    pb = pseudobulk.pseudobulk(treated, "lineage")
     frame = pd.DataFrame(X, index=pd.MultiIndex.from_tuples(keys))
     np.testing.assert_array_equal(frame.loc[list(zip(pb.obs["sample"], pb.obs["lineage"]))].to_numpy(), pb.X)
     np.testing.assert_array_equal(pb.X.sum(0), treated.layers["counts"].toarray().sum(0, dtype=np.float64))
     # Large data: summed block by block (blocks of 37 cells here), identical to the decoupler sums.
-    monkeypatch.setattr(pde, "_SUM_BLOCK_CELLS", 37)
-    monkeypatch.setattr(pde, "_MAX_DECOUPLER_NNZ", 0)
-    blockwise = pde.pseudobulk(treated, "lineage")
+    monkeypatch.setattr(pseudobulk, "_SUM_BLOCK_CELLS", 37)
+    monkeypatch.setattr(pseudobulk, "_MAX_DECOUPLER_NNZ", 0)
+    blockwise = pseudobulk.pseudobulk(treated, "lineage")
     assert treated.n_obs > 10 * 37
     np.testing.assert_array_equal(blockwise.X, pb.X)
     assert list(blockwise.obs_names) == list(pb.obs_names)
     # Non-integer counts (decoupler refuses) still sum exactly.
     cells = _tiny()
     cells.layers["counts"] = cells.layers["counts"] * 0.5
-    pb = pde.pseudobulk(cells, "group")
+    pb = pseudobulk.pseudobulk(cells, "group")
     assert pb.obs.set_index(["sample", "group"]).loc[("s1", "A"), "total_counts"] == 3.0
     cells = _tiny()
     cells.obs.loc["c0", "donor"] = "d9"
     with pytest.raises(ValueError, match="not constant within sample"):
-        pde.pseudobulk(cells, "group", meta_columns=["donor"])
+        pseudobulk.pseudobulk(cells, "group", meta_columns=["donor"])
     with pytest.raises(ValueError, match="layer 'raw'"):
-        pde.pseudobulk(_tiny(), "group", layer="raw")
+        pseudobulk.pseudobulk(_tiny(), "group", layer="raw")
 
 
 # -- normalized values and figures ---------------------------------------------------------------
@@ -382,7 +365,7 @@ def test_pseudobulk_fallback_and_input_checks(treated, monkeypatch):
 
 def test_normalized_pseudobulk_and_figures(treated_pb, treated_fit, tmp_path):
     group = treated_pb[treated_pb.obs["lineage"] == "CD4 T"]
-    norm = pde.normalized_pseudobulk(group, ["IL7R", "BCL2", "NOT_A_GENE"])
+    norm = pseudobulk.normalized_pseudobulk(group, ["IL7R", "BCL2", "NOT_A_GENE"])
     assert set(norm["gene"]) == {"IL7R", "BCL2"} and len(norm) == 2 * group.n_obs
     assert {"sample", "donor", "timepoint", "gene", "log2cpm"} <= set(norm.columns)
     row = norm[(norm["gene"] == "IL7R") & (norm["sample"] == "D1_pre")].iloc[0]
@@ -394,9 +377,9 @@ def test_normalized_pseudobulk_and_figures(treated_pb, treated_fit, tmp_path):
     assert (il7r["post"] < il7r["pre"]).sum() >= 4  # the planted drop is visible per donor
 
     tables, summary = treated_fit
-    row = summary.set_index("cell_type").loc["CD4 T"]
+    row = summary.set_index("population").loc["CD4 T"]
     paths = [tmp_path / "volcano.png", tmp_path / "volcano.pdf"]
-    pde.volcano_figure(tables["CD4 T"], f"CD4 T: {row['note']}", 12, paths)
-    pde.paired_genes_figure(norm, ["IL7R", "BCL2", "CISH"], CONTRAST, "CD4 T", [tmp_path / "paired.png"])
+    volcano_figure(tables["CD4 T"], f"CD4 T: {row['note']}", 12, paths)
+    paired_genes_figure(norm, ["IL7R", "BCL2", "CISH"], CONTRAST, "CD4 T", [tmp_path / "paired.png"])
     for path in [*paths, tmp_path / "paired.png"]:
         assert path.exists() and path.stat().st_size > 1000

@@ -1,0 +1,19 @@
+"""Snakemake adapter: proportions per sample and the paired composition test, at both label levels."""
+
+from pbmc_prepost import composition
+from pbmc_prepost.plots.composition import composition_figures
+from pbmc_prepost.runtime import start_job
+from pbmc_prepost.tables import FLOAT_FORMAT, read_tsv, write_tsv
+
+smk = snakemake  # noqa: F821
+settings = smk.params.settings
+log = start_job(smk.log[0])
+cells = read_tsv(smk.input.cells, dtype={"barcode": str}, usecols=["sample", *composition.LEVELS])
+proportions, tests = composition.composition_tables(cells, settings)
+write_tsv(proportions, smk.output.proportions, FLOAT_FORMAT)
+write_tsv(tests, smk.output.test, FLOAT_FORMAT)
+figures = {
+    name: [smk.output[f"{name}_png"], smk.output[f"{name}_pdf"]]
+    for name in ("bars_lineage", "bars_cell_type", "pairs_lineage", "pairs_cell_type")
+}
+composition_figures(proportions, tests, settings.study.contrast, figures)

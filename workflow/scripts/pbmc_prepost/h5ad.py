@@ -1,0 +1,68 @@
+"""Reading the workflow's own ``.h5ad`` files by parts, so a step holds only what it needs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import anndata
+import h5py
+
+
+def read_h5ad_parts(
+    path: str | Path, *, x: bool = True, layers: Sequence[str] = (), obsm: Sequence[str] = ()
+) -> anndata.AnnData:
+    """Read only some elements of a workflow ``.h5ad`` (obs and var always).
+
+    The merged objects carry two cells x genes matrices (log-normalized ``X`` and
+    ``layers["counts"]``); a step that needs one of them reads only that one, which halves its
+    memory on large data. Everything not asked for (other layers, graphs, ``uns``) stays on disk.
+
+    Parameters
+    ----------
+    path
+        An ``.h5ad`` file written by the workflow.
+    x
+        Read ``X`` (otherwise the object has no ``X``).
+    layers, obsm
+        Names of the layers and ``obsm`` entries to read.
+
+    Returns
+    -------
+    anndata.AnnData
+        With the requested elements.
+    """
+    from anndata.io import read_elem
+
+    with h5py.File(path, "r") as handle:
+        missing = [f"layers/{k}" for k in layers if k not in handle.get("layers", {})]
+        missing += [f"obsm/{k}" for k in obsm if k not in handle.get("obsm", {})]
+        if missing:
+            raise KeyError(f"{path}: no {', '.join(missing)}")
+        return anndata.AnnData(
+            X=read_elem(handle["X"]) if x else None,
+            obs=read_elem(handle["obs"]),
+            var=read_elem(handle["var"]),
+            layers={k: read_elem(handle["layers"][k]) for k in layers},
+            obsm={k: read_elem(handle["obsm"][k]) for k in obsm},
+        )
+
+
+class H5adFiles(Mapping):
+    """Read-only mapping name -> AnnData that reads the ``.h5ad`` file on every access.
+
+    Holds no object between accesses, so a step that visits samples one after another keeps one
+    of them in memory at a time (:func:`pbmc_prepost.preprocess.merge_samples` on many samples).
+    """
+
+    def __init__(self, paths: Mapping[str, str | Path]):
+        self._paths = dict(paths)
+
+    def __getitem__(self, name: str) -> anndata.AnnData:
+        return anndata.read_h5ad(self._paths[name])
+
+    def __iter__(self):
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)

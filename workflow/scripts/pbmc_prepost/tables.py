@@ -1,0 +1,34 @@
+"""Reading and writing the workflow's tab-separated tables, byte-for-byte reproducibly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+#: gzip without a timestamp: the same table gives the same bytes.
+GZIP = {"method": "gzip", "mtime": 0}
+#: Float format of the statistics tables (six significant digits).
+FLOAT_FORMAT = "%.6g"
+
+
+def write_tsv(frame: pd.DataFrame, path: str | Path, float_format: str | None = None) -> None:
+    """Write ``frame`` without its index; gzipped (no timestamp) when ``path`` ends in ``.gz``."""
+    compression = GZIP if str(path).endswith(".gz") else None
+    frame.to_csv(path, sep="\t", index=False, float_format=float_format, compression=compression)
+
+
+def read_tsv(path: str | Path, **kwargs) -> pd.DataFrame:
+    """Read a table written by :func:`write_tsv` (``pandas.read_csv`` keyword arguments pass through)."""
+    return pd.read_csv(path, sep="\t", **kwargs)
+
+
+def attach_cell_labels(adata, path: str | Path, columns: list[str]) -> None:
+    """Copy ``columns`` of the annotation's per-cell table into ``adata.obs``, matched by the
+    ``sample:barcode`` cell key (the obs names of every merged object)."""
+    from pbmc_prepost.design import cell_key
+
+    labels = read_tsv(path, dtype={"barcode": str}, usecols=["sample", "barcode", *columns])
+    labels.index = cell_key(labels["sample"], labels["barcode"])
+    for column in columns:
+        adata.obs[column] = labels.loc[adata.obs_names, column].to_numpy()
