@@ -1,16 +1,21 @@
 # Two commands: `make run` (workflow on the embedded example) and `make test` (test suite).
 # Both create a pinned virtual environment in .venv/ from requirements.lock on first use.
+# The stack (scanpy 1.12, anndata 0.13) needs Python >= 3.12: found on the PATH, else through pyenv,
+# or given as `make PYTHON=/path/to/python3.12`.
 
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+PYTHON ?= $(shell sh tools/find_python.sh)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-lock
 CORES ?= all
+NO_PYTHON := make: no Python >= 3.12 found (python3 here is $(shell python3 --version 2>&1 | cut -d' ' -f2)). \
+	Install one (e.g. `pyenv install 3.12` or your distribution's python3.12), or run `make PYTHON=/path/to/python3.12`.
 
-.PHONY: run test report example lock lint benchmark clean
+.PHONY: run test test-fast lint format report example lock benchmark clean
 
 $(STAMP): requirements.lock
-	$(PYTHON) -m venv $(VENV)
+	@test -n "$(PYTHON)" || { echo "$(NO_PYTHON)"; exit 1; }
+	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip check
 	cp requirements.lock $(STAMP)
@@ -18,14 +23,28 @@ $(STAMP): requirements.lock
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
 
-test: $(STAMP)
+# Everything, as CI runs it: the linters, then unit tests and whole-workflow runs.
+test: lint
 	$(BIN)/python -m pytest
+
+# Unit tests only (no whole-workflow run, no subprocess compile checks): a few minutes.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not workflow and not slow"
+
+# ruff (lint and format), snakefmt and Snakemake's own linter; `make format` fixes what they can.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakemake --lint
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+	$(BIN)/snakefmt Snakefile workflow/rules
 
 report: $(STAMP)
 	$(BIN)/snakemake --report report.html
-
-lint: $(STAMP)
-	$(BIN)/snakemake --lint
 
 # Time and memory of the workflow against a single-process scanpy script at 10k-200k simulated
 # cells; writes docs/benchmarks.md (about 1.5 hours on 2 cores; SIZES="10000 50000" for a quick one).
@@ -36,11 +55,12 @@ benchmark: $(STAMP)
 # Regenerate the embedded example (resources/example/ and config/samples.tsv) with the simulator.
 example: $(STAMP)
 	rm -rf resources/example
-	PYTHONPATH=workflow/scripts $(BIN)/python -m pbmc_prepost.simulate --preset example \
+	PYTHONPATH=workflow/scripts $(BIN)/python -m pbmc_prepost.simulation --preset example \
 		--outdir resources/example --sheet config/samples.tsv --relative-to .
 
 # Re-resolve requirements.in into requirements.lock and envs/analysis.yaml.
 lock:
+	@test -n "$(PYTHON)" || { echo "$(NO_PYTHON)"; exit 1; }
 	rm -rf .venv-lock
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install --quiet -r requirements.in
@@ -48,7 +68,7 @@ lock:
 	 echo "# Regenerate with 'make lock'; envs/analysis.yaml is written from this file."; \
 	 .venv-lock/bin/python -m pip freeze) > requirements.lock
 	rm -rf .venv-lock
-	$(PYTHON) tools/write_envs.py
+	.venv/bin/python tools/write_envs.py 2>/dev/null || $(PYTHON) tools/write_envs.py
 
 clean:
 	rm -rf results logs benchmarks .snakemake report.html .benchmark-runs

@@ -1,12 +1,15 @@
 """Write envs/analysis.yaml from requirements.lock so that conda jobs and the venv pin the same versions.
 
-Usage: python tools/write_envs.py   (run by `make lock`; tests/test_environment.py checks agreement)
+Usage: python tools/write_envs.py   (run by `make lock`; tests/test_lint_and_environment.py checks
+agreement). The Python of the environment is the one the lock was resolved with (PYTHON_VERSION).
 """
 
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADER = """\
+#: The Python the lock is resolved with (the Makefile's interpreter; the scverse stack needs >= 3.12).
+PYTHON_VERSION = "3.12"
+HEADER = f"""\
 # Conda environment of every rule (snakemake --sdm conda), generated from requirements.lock by
 # tools/write_envs.py: the same pinned versions as the .venv that `make run` builds.
 name: pbmc-prepost-analysis
@@ -14,7 +17,7 @@ channels:
   - conda-forge
   - nodefaults
 dependencies:
-  - python=3.11
+  - python={PYTHON_VERSION}
   - pip
   - pip:
 """
