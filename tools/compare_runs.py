@@ -41,7 +41,7 @@ def compare(reference: Path, new: Path, reference_root: str = "", new_root: str 
         a = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
         b = pd.read_csv(other, sep="\t", dtype=str, keep_default_na=False)
         if reference_root and new_root:
-            a = a.replace(reference_root, new_root, regex=False)
+            a = a.apply(lambda column: column.str.replace(reference_root, new_root, regex=False))
         if not relative.startswith(PER_CELL_TABLES):
             a = a.rename(columns=RENAMED_COLUMNS)
         if "level" in b.columns and "level" not in a.columns:
