@@ -23,7 +23,7 @@ def test_conda_env_pins_exactly_the_locked_versions():
     env = yaml.safe_load((ROOT / "envs" / "analysis.yaml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert sorted(pip_section) == lock
-    assert "python=3.11" in env["dependencies"]
+    assert "python=3.12" in env["dependencies"]
 
 
 def test_direct_requirements_are_locked_at_their_pinned_versions():

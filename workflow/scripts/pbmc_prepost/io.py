@@ -95,6 +95,17 @@ def check_counts(values: np.ndarray, path: str | Path, source: str, what: str, l
     )
 
 
+def unreadable_h5(path: Path, source: str, exc: Exception) -> InputError:
+    """The error for a file that cannot be read as a Cell Ranger ``.h5``."""
+    return fail(
+        source,
+        path,
+        f"'{path}' cannot be read as a Cell Ranger .h5 file ({type(exc).__name__}: {exc})",
+        "check the file is a complete Cell Ranger (filtered_)feature_bc_matrix.h5; for an "
+        "AnnData file use the .h5ad extension or set format to h5ad",
+    )
+
+
 def _h5ad_layers_hint(layers: Sequence[str], has_raw: bool = False) -> str:
     hint = (
         ", or set `counts_layer` to the layer with raw counts (available layers: "
@@ -214,7 +225,7 @@ def _read_mtx(path: Path, source: str) -> anndata.AnnData:
     features = read_features(files, source)  # cheap, validates symbols before the big read
     barcodes = _read_barcodes(files.barcodes, source)
     try:
-        matrix = scipy.io.mmread(files.matrix)
+        matrix = scipy.io.mmread(files.matrix, spmatrix=True)  # scipy >= 1.20 would return a sparse array
     except Exception as exc:  # scipy raises ValueError/OSError/RuntimeError on bad input
         raise fail(
             source,
@@ -244,13 +255,7 @@ def _read_h5(path: Path, source: str) -> anndata.AnnData:
             warnings.filterwarnings("ignore", "Variable names are not unique")
             adata = sc.read_10x_h5(path, gex_only=False)
     except Exception as exc:  # h5py OSError, KeyError, scanpy's bare Exception
-        raise fail(
-            source,
-            path,
-            f"'{path}' cannot be read as a Cell Ranger .h5 file ({type(exc).__name__}: {exc})",
-            "check the file is a complete Cell Ranger (filtered_)feature_bc_matrix.h5; for an "
-            "AnnData file use the .h5ad extension or set format to h5ad",
-        ) from None
+        raise unreadable_h5(path, source, exc) from None
     X = adata.X if sp.issparse(adata.X) else np.asarray(adata.X)
     check_counts(X.data if sp.issparse(X) else X, path, source, "the matrix", "")
     if looks_ensembl(adata.var_names):

@@ -26,6 +26,7 @@ from pbmc_prepost.io import (
     looks_ensembl,
     open_text,
     read_features,
+    unreadable_h5,
 )
 
 
@@ -94,13 +95,7 @@ def _peek_h5(path: Path, source: str, n_values: int) -> None:
                 ftypes = None
             data = group["data"][:n_values]
     except Exception as exc:  # OSError for corrupt/non-HDF5, KeyError/StopIteration for layout
-        raise fail(
-            source,
-            path,
-            f"'{path}' cannot be read as a Cell Ranger .h5 file ({type(exc).__name__}: {exc})",
-            "check the file is a complete Cell Ranger (filtered_)feature_bc_matrix.h5; for an "
-            "AnnData file use the .h5ad extension or set format to h5ad",
-        ) from None
+        raise unreadable_h5(path, source, exc) from None
     check_counts(data, path, source, "the matrix", "")
     names = _decode(names)
     if ftypes is not None:
@@ -135,7 +130,10 @@ def _peek_h5ad(path: Path, counts_layer: str | None, source: str, n_values: int)
                 index_key = var.attrs.get("_index", "_index")
                 if isinstance(index_key, bytes):
                     index_key = index_key.decode()
-                names = _decode(var[index_key][:]) if index_key in var else []
+                index = var.get(index_key)
+                if isinstance(index, h5py.Group):  # anndata >= 0.13 with pandas 3: a nullable-string array
+                    index = index["values"]
+                names = _decode(index[:]) if index is not None else []
                 var_columns = set(var.keys())
             else:  # anndata < 0.7 stored var as a compound dataset
                 names = _decode(var["index"][:]) if "index" in (var.dtype.names or ()) else []
