@@ -11,8 +11,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A fresh process (as every Snakemake job is) builds a pynndescent kNN graph on 5,000 cells (above
-# scanpy's 4,096-cell threshold for the approximate search) and counts numba compilations.
+# A fresh process (as every Snakemake job is) builds a kNN graph the way the workflow's embedding
+# step does, on 9,000 cells: above 8,192 cells scanpy leaves its exact search (sklearn, brute force)
+# for pynndescent's approximate one (euclidean metric; other metrics above 4,096). It reports how
+# many numba functions were compiled, in all and in pynndescent.
 JOB = """
 import json, sys
 import numpy as np, anndata as ad, scanpy as sc
@@ -20,30 +22,39 @@ from numba.core import event
 from pbmc_prepost.runtime import cache_numba_compilation
 if sys.argv[1] == "on":
     cache_numba_compilation()
-data = np.random.default_rng(0).normal(size=(5000, 20)).astype(np.float32)
+data = np.random.default_rng(0).normal(size=(9000, 20)).astype(np.float32)
 with event.install_recorder("numba:compile") as recorder:
     sc.pp.neighbors(ad.AnnData(data), use_rep="X", n_neighbors=15, random_state=0)
-print(json.dumps({"compiled": sum(1 for _, e in recorder.buffer if e.is_start)}))
+started = [e for _, e in recorder.buffer if e.is_start]
+modules = [getattr(e.data.get("dispatcher"), "py_func", None) for e in started]
+in_pynndescent = sum(1 for f in modules if f is not None and f.__module__.startswith("pynndescent"))
+print(json.dumps({"compiled": len(started), "pynndescent": in_pynndescent}))
 """
 
 
-def compilations(cache_dir: Path, mode: str) -> int:
+def compilations(cache_dir: Path, mode: str) -> dict[str, int]:
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
     out = subprocess.run([sys.executable, "-c", JOB, mode], env=env, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["compiled"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
-def test_second_job_loads_knn_code_from_the_cache(tmp_path):
-    assert compilations(tmp_path / "numba", "on") > 0  # the first job compiles and writes the cache
-    assert compilations(tmp_path / "numba", "on") == 0  # the next one loads everything
+def test_later_jobs_load_most_knn_code_from_the_cache(tmp_path):
+    """The first job compiles and writes the cache; a later job loads most of the kNN code from it.
 
-
-@pytest.mark.slow
-def test_without_it_pynndescent_compiles_in_every_job(tmp_path):
-    """The control: NUMBA_CACHE_DIR alone leaves most of pynndescent's functions uncached."""
-    compilations(tmp_path / "numba", "off")
-    assert compilations(tmp_path / "numba", "off") > 0
+    Measured here: about 270 functions compiled in a later job without the cache turned on, under
+    80 with it (numba refuses to cache pynndescent's nn_descent and the code only it calls, since
+    they use dynamic globals). The graph above 8,192 cells is pynndescent's: with pynndescent 0.7
+    this same call fails in scanpy (``'csr_array' object has no attribute 'getnnz'``), the reason
+    requirements.in pins 0.6.
+    """
+    cache = tmp_path / "numba"
+    first = compilations(cache, "on")
+    cached = compilations(cache, "on")
+    uncached = compilations(cache, "off")  # the same cache folder, caching not turned on
+    assert first["pynndescent"] > 0 and uncached["pynndescent"] > 0
+    assert cached["compiled"] < first["compiled"] / 2
+    assert cached["compiled"] < uncached["compiled"] / 2, (cached, uncached)
 
 
 START = """

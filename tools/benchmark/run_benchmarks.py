@@ -410,7 +410,7 @@ def warm_up(workdir: Path, cores: int) -> None:
     for run in (run_workflow(sheet, folder / "workflow", cores), run_baseline(sheet, folder / "baseline")):
         if run.returncode != 0:
             sys.exit(f"warm-up failed, see {run.log}")
-    # The tiny dataset stays under scanpy's 4,096-cell threshold for pynndescent: compile that too.
+    # The tiny dataset stays under scanpy's 8,192-cell threshold for pynndescent (euclidean): compile that too.
     subprocess.run([sys.executable, "-c", WARM_KNN], env=environment(), check=True)
 
 
@@ -418,7 +418,7 @@ WARM_KNN = """
 import numpy as np, anndata as ad, scanpy as sc
 from pbmc_prepost.runtime import cache_numba_compilation
 cache_numba_compilation()
-adata = ad.AnnData(np.random.default_rng(0).normal(size=(6000, 30)).astype(np.float32))
+adata = ad.AnnData(np.random.default_rng(0).normal(size=(9000, 30)).astype(np.float32))
 sc.pp.neighbors(adata, use_rep="X")
 sc.tl.umap(adata)
 """
