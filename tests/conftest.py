@@ -25,6 +25,9 @@ from pbmc_prepost.settings import default_config
 from pbmc_prepost.simulation import PRESETS, SimulatedData, simulate, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from table_hashes import read_hashes, table_hashes  # noqa: E402
+
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 #: The shipped configuration's contrast: timepoint post vs pre, paired by donor.
 CONTRAST = Contrast.from_config(default_config())
@@ -108,6 +111,13 @@ def write_cohort(data: SimulatedData, folder: Path, drop: tuple[str, ...] = (), 
     sheet = write_dataset(data, folder / "data", folder / "all_samples.tsv", layout=layout)
     sheet[~sheet["sample"].isin(drop)].to_csv(folder / "samples.tsv", sep="\t", index=False)
     return folder / "samples.tsv"
+
+
+def recorded_tables_differ(run, record: str) -> list[str]:
+    """Tables of ``run`` whose sha256 differs from ``tests/data/<record>`` (or that one side lacks)."""
+    recorded = read_hashes(ROOT / "tests" / "data" / record)
+    current = table_hashes(run)
+    return sorted(name for name in recorded.keys() | current.keys() if recorded.get(name) != current.get(name))
 
 
 def annotated_cells(data: SimulatedData) -> ad.AnnData:

@@ -8,7 +8,7 @@ import pytest
 from pbmc_prepost.design import safe_names
 from pbmc_prepost.simulation import PRESETS, simulate
 
-from conftest import ROOT, run_snakemake, write_cohort
+from conftest import ROOT, recorded_tables_differ, run_snakemake, write_cohort
 
 pytestmark = pytest.mark.workflow
 
@@ -65,3 +65,12 @@ def test_null_data_give_no_confirmed_gene_set_call(null_run):
     assert sets.reindex(gsea["gene_set"].unique()).notna().all()
     scores = pd.read_csv(workdir / "results" / "enrichment" / "scores.tsv", sep="\t")
     assert not (scores["padj"] < 0.05).any()
+
+
+def test_tables_are_byte_identical_to_the_record(null_run):
+    workdir, _ = null_run
+    changed = recorded_tables_differ(workdir, "null_tables.sha256")
+    assert not changed, (
+        f"tables differ from tests/data/null_tables.sha256: {changed}. A change meant to alter "
+        "results records them again: python tools/table_hashes.py RUN --write tests/data/null_tables.sha256"
+    )

@@ -33,20 +33,9 @@ log = logging.getLogger(__name__)
 #: Columns of every per-population results table, in this order.
 RESULT_COLUMNS = ["gene", "baseMean", "log2FoldChange", "lfcSE", "stat", "pvalue", "padj"]
 #: Columns of the per-population summary table (``note`` is the human-readable design sentence).
-SUMMARY_COLUMNS = [
-    "population",
-    "n_pairs",
-    "n_samples",
-    "n_cells",
-    "n_genes_tested",
-    "n_up",
-    "n_down",
-    "design",
-    "paired",
-    "status",
-    "reason",
-    "note",
-]
+SUMMARY_COLUMNS = (
+    "population n_pairs n_samples n_cells n_genes_tested n_up n_down design paired status reason note".split()
+)
 
 
 @dataclass

@@ -26,20 +26,10 @@ log = logging.getLogger(__name__)
 
 # Order in which failure reasons are listed in `fail_reason`.
 FAIL_REASONS = ["low_counts", "high_counts", "low_genes", "high_genes", "top20_outlier", "high_pct_mt", "doublet"]
-CELL_TABLE_COLUMNS = [
-    "sample",
-    "barcode",
-    "total_counts",
-    "n_genes",
-    "pct_mt",
-    "pct_ribo",
-    "pct_hb",
-    "pct_top20",
-    "doublet_score",
-    "predicted_doublet",
-    "qc_pass",
-    "fail_reason",
-]
+CELL_TABLE_COLUMNS = (
+    "sample barcode total_counts n_genes pct_mt pct_ribo pct_hb pct_top20 doublet_score predicted_doublet qc_pass "
+    "fail_reason"
+).split()
 
 
 def mad_bounds(values: np.ndarray, nmads: float) -> tuple[float, float]:

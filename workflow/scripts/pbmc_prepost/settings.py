@@ -279,6 +279,11 @@ class DESettings(NamedTuple):
         )
 
 
+def _population_tests(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What every test of the DE's populations shares: the contrast, the DE level and the seed."""
+    return {"contrast": Contrast.from_config(config), "level": config["de"]["level"], "seed": config["seed"]}
+
+
 class EnrichmentSettings(NamedTuple):
     """GSEA, ORA and the donor-level set test of each population's DE (config ``enrichment``)."""
 
@@ -294,13 +299,11 @@ class EnrichmentSettings(NamedTuple):
     def from_config(cls, config: Mapping[str, Any]) -> EnrichmentSettings:
         enrichment = config["enrichment"]
         return cls(
-            Contrast.from_config(config),
-            config["de"]["level"],
-            enrichment["min_size"],
-            enrichment["max_size"],
-            enrichment["permutations"],
-            config["de"]["alpha"],
-            config["seed"],
+            **_population_tests(config),
+            min_size=enrichment["min_size"],
+            max_size=enrichment["max_size"],
+            permutations=enrichment["permutations"],
+            alpha=config["de"]["alpha"],
         )
 
 
@@ -318,12 +321,10 @@ class ScoreSettings(NamedTuple):
     def from_config(cls, config: Mapping[str, Any]) -> ScoreSettings:
         enrichment = config["enrichment"]
         return cls(
-            Contrast.from_config(config),
-            config["de"]["level"],
-            enrichment["score_min_genes"],
-            enrichment["min_pairs"],
-            tuple((population, gene_set) for population, gene_set in enrichment["headline"]),
-            config["seed"],
+            **_population_tests(config),
+            min_genes=enrichment["score_min_genes"],
+            min_pairs=enrichment["min_pairs"],
+            headline=tuple((population, gene_set) for population, gene_set in enrichment["headline"]),
         )
 
 

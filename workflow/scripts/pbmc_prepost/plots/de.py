@@ -40,31 +40,21 @@ def volcano_figure(
     down = significant & (data["log2FoldChange"] < 0).to_numpy()
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     rest = ~(up | down)
-    ax.scatter(
-        data["log2FoldChange"][rest],
-        data["y"][rest],
-        s=5,
-        color="lightgrey",
-        linewidths=0,
-        rasterized=True,
-        label=f"n.s. ({int(rest.sum())})",
-    )
-    ax.scatter(
-        data["log2FoldChange"][up],
-        data["y"][up],
-        s=9,
-        color="#C44E52",
-        linewidths=0,
-        label=f"up, padj < {alpha:g} ({int(up.sum())})",
-    )
-    ax.scatter(
-        data["log2FoldChange"][down],
-        data["y"][down],
-        s=9,
-        color="#4C72B0",
-        linewidths=0,
-        label=f"down, padj < {alpha:g} ({int(down.sum())})",
-    )
+    for mask, size, colour, label in (
+        (rest, 5, "lightgrey", f"n.s. ({int(rest.sum())})"),
+        (up, 9, "#C44E52", f"up, padj < {alpha:g} ({int(up.sum())})"),
+        (down, 9, "#4C72B0", f"down, padj < {alpha:g} ({int(down.sum())})"),
+    ):
+        # The many non-significant points are rasterized so that the PDF stays small.
+        ax.scatter(
+            data["log2FoldChange"][mask],
+            data["y"][mask],
+            s=size,
+            color=colour,
+            linewidths=0,
+            rasterized=mask is rest,
+            label=label,
+        )
     ax.axvline(0, color="black", linewidth=0.5)
     labelled = data.loc[significant].sort_values(["padj", "pvalue", "gene"]).head(max(n_label, 0))
     for i, (_, row) in enumerate(labelled.iterrows()):
