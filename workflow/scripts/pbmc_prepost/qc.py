@@ -112,7 +112,9 @@ def call_doublets(adata: ad.AnnData, settings: QCSettings) -> tuple[pd.Series, p
     Returns scores, calls (both indexed like ``adata.obs``) and the score threshold used. Samples
     with fewer than ``min_cells_for_doublets`` cells get NaN scores and no calls (logged).
     """
-    import scanpy as sc
+    from pbmc_prepost.runtime import import_scanpy
+
+    sc = import_scanpy()
 
     scores = pd.Series(np.nan, index=adata.obs_names, dtype=float)
     calls = pd.Series(False, index=adata.obs_names, dtype=bool)

@@ -38,11 +38,45 @@ def start_job(log_path: str | None, threads: int = 1, seed: int = 0) -> logging.
     # scanpy's defaults (n_jobs 1, verbosity 1) already fit a 1-thread job; importing scanpy only
     # to set them cost 2 s in every job that never uses it (DE, tables, figures).
     if threads > 1 or "scanpy" in sys.modules:
-        import scanpy as sc
-
+        sc = import_scanpy()
         sc.settings.n_jobs = threads
         sc.settings.verbosity = 1
     return logger
+
+
+def import_scanpy():
+    """scanpy, with the numba types of its sparse-matrix code made cacheable
+    (:func:`make_sparse_numba_types_cacheable`): import it this way in the workflow's code."""
+    import scanpy as sc
+
+    make_sparse_numba_types_cacheable()
+    return sc
+
+
+def make_sparse_numba_types_cacheable() -> bool:
+    """Let numba's disk cache match the sparse-matrix types of fast_array_utils (scanpy >= 1.12).
+
+    fast_array_utils builds its numba types of scipy's sparse matrices with ``type()`` under the
+    ``abc`` module, where pickle cannot find them: numba's cache stores them by value, and a new
+    process's types never equal the stored ones. So every job compiled scanpy's sparse mean,
+    variance and normalization code again (the 34 functions of Scrublet's preprocessing took 6-9 s
+    of every ``qc_sample`` job, whatever its size). Naming them in their own module makes them
+    picklable by reference; a later job loads the code (tests/test_runtime.py).
+
+    Returns
+    -------
+    bool
+        Whether the types were found (False with a fast_array_utils that builds them otherwise).
+    """
+    try:
+        from fast_array_utils._plugins import numba_sparse
+    except ImportError:
+        return False
+    classes = [*getattr(numba_sparse, "TYPES", ()), *getattr(numba_sparse, "MODELS", {}).values()]
+    for cls in classes:
+        cls.__module__ = numba_sparse.__name__
+        setattr(numba_sparse, cls.__name__, cls)
+    return bool(classes)
 
 
 # Modules whose numba functions a kNN graph and UMAP compile (scanpy -> pynndescent, umap-learn).
