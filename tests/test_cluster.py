@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -91,6 +92,78 @@ def test_hvg_selection_never_picks_excluded_genes(samples):
     assert not any(g.startswith(("MT-", "RPS", "RPL")) for g in hv)
 
 
+def test_per_batch_hvg_ranking_matches_scanpy_when_every_batch_fits(samples):
+    """Our per-batch seurat_v3 (fitted batch by batch so that one batch can fail) selects what
+    scanpy's ``batch_key`` path selects, when no gene is seen in fewer than 3 cells of a batch."""
+    import scanpy as sc
+
+    merged = merged_from(samples)
+    counts = merged.layers["counts"]
+    everywhere = np.ones(merged.n_vars, dtype=bool)
+    for sample in SAMPLES:
+        rows = (merged.obs["sample"] == sample).to_numpy()
+        everywhere &= np.asarray((counts[rows] > 0).sum(axis=0)).ravel() >= preprocess.MIN_CELLS_PER_GENE
+    merged = merged[:, everywhere].copy()
+    report = preprocess.select_hvgs(
+        merged, embed_settings(n_top_genes=500, hvg_batch_key="sample", hvg_exclude_patterns=())
+    )
+    assert list(report["status"]) == ["own"] * 4
+    expected = sc.pp.highly_variable_genes(
+        merged, flavor="seurat_v3", layer="counts", batch_key="sample", n_top_genes=500, inplace=False
+    )["highly_variable"].to_numpy()
+    assert (merged.var["highly_variable"].to_numpy() == expected).all()
+
+
+def shallow_batch(n_cells: int, n_expressed: int, n_seen_once: int, seed: int) -> ad.AnnData:
+    """A sample like real shallow 10x data: some genes expressed throughout, many more seen once
+    in one cell (real data measure some 20,000 genes; most are that rare)."""
+    import anndata as ad
+
+    rng = np.random.default_rng(seed)
+    means = rng.lognormal(-1, 1.2, n_expressed)
+    expressed = rng.poisson(means[None, :] * rng.lognormal(0, 0.4, (n_cells, 1)))
+    once = np.zeros((n_cells, n_seen_once))
+    once[rng.integers(0, n_cells, n_seen_once), np.arange(n_seen_once)] = 1
+    counts = sp.csr_matrix(np.hstack([expressed, once]).astype(np.float32))
+    names = [f"G{i}" for i in range(counts.shape[1])]
+    return ad.AnnData(counts, var=pd.DataFrame(index=names), layers={"counts": counts.copy()})
+
+
+def test_rare_genes_made_seurat_v3_singular_and_are_left_out_of_the_fit():
+    """Why real samples broke the per-sample loess where simulated ones did not: thousands of genes
+    seen once, in one cell, share one mean and one variance. scanpy's fit fails on them; ours fits
+    the genes seen in 3 or more cells, and the selection comes from the expressed genes."""
+    import anndata as ad
+    import scanpy as sc
+
+    batches = [shallow_batch(n, 3000, 12000, seed) for seed, n in enumerate((120, 300, 40))]
+    with pytest.raises(ValueError):
+        sc.pp.highly_variable_genes(batches[1].copy(), flavor="seurat_v3", layer="counts", n_top_genes=500)
+    merged = ad.concat(batches, label="sample", keys=["S1", "S2", "S3"], index_unique=":")
+    normalized = merged.copy()
+    preprocess.normalize(normalized, None)
+    report = preprocess.select_hvgs(
+        normalized, embed_settings(n_top_genes=500, hvg_batch_key="sample", hvg_exclude_patterns=())
+    )
+    assert list(report["status"]) == ["own"] * 3, report
+    selected = normalized.var_names[normalized.var["highly_variable"]]
+    assert len(selected) == 500 and all(int(g[1:]) < 3000 for g in selected)
+
+
+def test_a_batch_that_cannot_be_fitted_is_left_out_and_named(samples):
+    merged = merged_from(samples)
+    tiny = merged.obs_names[merged.obs["sample"] == "D2_post"][:5]  # 5 cells: no gene in 3 of them varies enough
+    merged = merged[~merged.obs_names.isin(merged.obs_names[merged.obs["sample"] == "D2_post"].difference(tiny))].copy()
+    merged.layers["counts"][merged.obs["sample"].to_numpy() == "D2_post"] = 0
+    report = preprocess.select_hvgs(
+        merged, embed_settings(n_top_genes=500, hvg_batch_key="sample", hvg_exclude_patterns=())
+    )
+    row = report.set_index("batch").loc["D2_post"]
+    assert row["status"] == "left out" and "own fit failed" in row["detail"], report
+    assert (report.set_index("batch").drop("D2_post")["status"] == "own").all()
+    assert merged.var["highly_variable"].sum() == 500
+
+
 def test_harmony_mixes_a_technical_batch_and_clusters_find_cell_types(samples):
     merged = merged_from(samples, batch_effect=True)
     settings = embed_settings(
@@ -147,7 +220,8 @@ def test_cluster_markers_find_planted_markers(samples):
     merged = merged_from(samples)
     truth = pd.concat([a.obs["cell_type"] for a in samples.values()]).loc[merged.obs_names]
     merged.obs["truth"] = pd.Categorical(truth)
-    markers = cluster.cluster_markers(merged, "truth", max_cells_per_cluster=100, n_genes=30, seed=0)
+    markers, untested = cluster.cluster_markers(merged, "truth", max_cells_per_cluster=100, n_genes=30, seed=0)
+    assert untested.empty
     assert (markers["cells_tested"] <= 100).all()
     top = markers.groupby("cluster", observed=True)["gene"].apply(set)
     assert {"S100A8", "S100A9", "CD14", "LYZ", "VCAN", "FCN1"} & top["CD14 mono"]

@@ -28,6 +28,7 @@ rule embed_cells:
         h5ad="results/merged/merged.h5ad",
     output:
         h5ad="results/merged/embedding.h5ad",
+        hvg_batches="results/merged/hvg_batches.tsv",
     log:
         "logs/embed_cells.log",
     benchmark:
@@ -96,6 +97,7 @@ rule find_cluster_markers:
             category="2. Clustering",
             labels={"type": "table", "result": "cluster markers"},
         ),
+        untested="results/clustering/markers_untested.tsv",
         png=report(
             "results/figures/clustering/marker_dotplot.png",
             caption="../report/marker_dotplot.rst",

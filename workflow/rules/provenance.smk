@@ -5,6 +5,9 @@ rule record_provenance:
     input:
         sheet=config["samples"],
         gmt=config["enrichment"]["gmt"],
+        qc_summary="results/qc/summary.tsv",
+        hvg_batches="results/merged/hvg_batches.tsv",
+        markers_untested="results/clustering/markers_untested.tsv",
     output:
         config=report(
             "results/provenance/config.yaml",
@@ -29,6 +32,12 @@ rule record_provenance:
             caption="../report/provenance_versions.rst",
             category="7. Provenance",
             labels={"type": "file", "result": "software versions"},
+        ),
+        fallbacks=report(
+            "results/provenance/fallbacks.tsv",
+            caption="../report/provenance_fallbacks.rst",
+            category="7. Provenance",
+            labels={"type": "table", "result": "fallbacks"},
         ),
     log:
         "logs/record_provenance.log",

@@ -11,9 +11,10 @@ settings = smk.params.settings
 log = start_job(smk.log[0], smk.threads, settings.seed)
 adata = read_h5ad_parts(smk.input.h5ad)  # log-normalized X; counts and graphs stay on disk
 key = cluster.leiden_key(settings.resolution)
-markers = cluster.cluster_markers(adata, key, settings.max_cells_per_cluster, settings.n_genes, settings.seed)
+markers, untested = cluster.cluster_markers(adata, key, settings.max_cells_per_cluster, settings.n_genes, settings.seed)
 markers.insert(0, "resolution", settings.resolution)
 write_tsv(markers, smk.output.markers, FLOAT_FORMAT)
+write_tsv(untested, smk.output.untested)
 marker_dotplot(
     adata,
     key,

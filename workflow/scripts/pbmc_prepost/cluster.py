@@ -62,23 +62,62 @@ def stratified_subsample(labels: pd.Series, max_per_group: int, seed: int) -> np
     return np.sort(np.concatenate(positions)) if positions else np.array([], dtype=int)
 
 
+#: Fewest cells of a cluster tested for marker genes.
+MIN_MARKER_CELLS = 3
+MARKER_COLUMNS = [
+    "cluster",
+    "rank",
+    "gene",
+    "score",
+    "log2_fold_change",
+    "pvalue",
+    "padj",
+    "fraction_in_cluster",
+    "fraction_in_rest",
+    "cells_tested",
+]
+
+
 def cluster_markers(
     adata: ad.AnnData, groupby: str, max_cells_per_cluster: int, n_genes: int, seed: int
-) -> pd.DataFrame:
-    """Wilcoxon marker genes per cluster on a stratified subsample of cells.
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Wilcoxon marker genes per cluster on a stratified subsample of cells, and the clusters left out.
 
     Cell-level tests are used for cluster markers only, never for the treatment contrast. The
     subsample caps the cost on large data (every cluster keeps up to ``max_cells_per_cluster``
-    cells) and is recorded in the ``cells_tested`` column.
+    cells) and is recorded in the ``cells_tested`` column. A cluster of fewer than
+    :data:`MIN_MARKER_CELLS` cells has no rank statistics of its own and is left out (logged),
+    its cells staying in the rest the others are tested against.
     """
-    import scanpy as sc
+    from pbmc_prepost.runtime import import_scanpy
+
+    sc = import_scanpy()
 
     positions = stratified_subsample(adata.obs[groupby], max_cells_per_cluster, seed)
     sub = adata[positions]
     sub = ad.AnnData(X=sub.X, obs=sub.obs[[groupby]].copy(), var=pd.DataFrame(index=sub.var_names))
-    sc.tl.rank_genes_groups(sub, groupby=groupby, method="wilcoxon", pts=True, tie_correct=True)
-    table = sc.get.rank_genes_groups_df(sub, group=None)
     counts = sub.obs[groupby].value_counts()
+    tested = [c for c in sub.obs[groupby].cat.categories if counts.get(c, 0) >= MIN_MARKER_CELLS]
+    if len(tested) < len(counts):
+        log.warning(
+            "cluster markers: cluster(s) %s have fewer than %d cells and are not tested",
+            ", ".join(str(c) for c in counts.index if c not in tested),
+            MIN_MARKER_CELLS,
+        )
+    untested = pd.DataFrame(
+        {
+            "cluster": [str(c) for c in counts.index if c not in tested],
+            "n_cells": [int(n) for c, n in counts.items() if c not in tested],
+        }
+    )
+    untested["reason"] = f"fewer than {MIN_MARKER_CELLS} cells"
+    if not tested or len(counts) < 2:
+        return pd.DataFrame(columns=MARKER_COLUMNS), untested
+    groups = "all" if len(tested) == len(counts) else tested
+    sc.tl.rank_genes_groups(
+        sub, groupby=groupby, groups=groups, reference="rest", method="wilcoxon", pts=True, tie_correct=True
+    )
+    table = sc.get.rank_genes_groups_df(sub, group=None)
     table = table.rename(
         columns={
             "group": "cluster",
@@ -94,19 +133,7 @@ def cluster_markers(
     table["cells_tested"] = table["cluster"].map(counts).astype(int)
     table["rank"] = table.groupby("cluster", observed=True).cumcount() + 1
     table = table[table["rank"] <= n_genes]
-    columns = [
-        "cluster",
-        "rank",
-        "gene",
-        "score",
-        "log2_fold_change",
-        "pvalue",
-        "padj",
-        "fraction_in_cluster",
-        "fraction_in_rest",
-        "cells_tested",
-    ]
-    return table[columns].reset_index(drop=True)
+    return table[MARKER_COLUMNS].reset_index(drop=True), untested
 
 
 def group_expression(adata: ad.AnnData, groupby: str, genes: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -10,7 +10,12 @@ import h5py
 
 
 def read_h5ad_parts(
-    path: str | Path, *, x: bool = True, layers: Sequence[str] = (), obsm: Sequence[str] = ()
+    path: str | Path,
+    *,
+    x: bool = True,
+    layers: Sequence[str] = (),
+    obsm: Sequence[str] = (),
+    obsp: Sequence[str] = (),
 ) -> anndata.AnnData:
     """Read only some elements of a workflow ``.h5ad`` (obs and var always).
 
@@ -24,8 +29,8 @@ def read_h5ad_parts(
         An ``.h5ad`` file written by the workflow.
     x
         Read ``X`` (otherwise the object has no ``X``).
-    layers, obsm
-        Names of the layers and ``obsm`` entries to read.
+    layers, obsm, obsp
+        Names of the layers, ``obsm`` and ``obsp`` entries (the kNN graph) to read.
 
     Returns
     -------
@@ -37,6 +42,7 @@ def read_h5ad_parts(
     with h5py.File(path, "r") as handle:
         missing = [f"layers/{k}" for k in layers if k not in handle.get("layers", {})]
         missing += [f"obsm/{k}" for k in obsm if k not in handle.get("obsm", {})]
+        missing += [f"obsp/{k}" for k in obsp if k not in handle.get("obsp", {})]
         if missing:
             raise KeyError(f"{path}: no {', '.join(missing)}")
         return anndata.AnnData(
@@ -45,6 +51,7 @@ def read_h5ad_parts(
             var=read_elem(handle["var"]),
             layers={k: read_elem(handle["layers"][k]) for k in layers},
             obsm={k: read_elem(handle["obsm"][k]) for k in obsm},
+            obsp={k: read_elem(handle["obsp"][k]) for k in obsp},
         )
 
 

@@ -16,13 +16,14 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scanpy as sc
 import scipy.sparse as sp
 
 from pbmc_prepost.h5ad import read_h5ad_parts
+from pbmc_prepost.runtime import import_scanpy
 from pbmc_prepost.settings import EmbedSettings, MergeSettings
 
 log = logging.getLogger(__name__)
+sc = import_scanpy()
 
 
 def merge_samples(objects: Mapping[str, ad.AnnData], settings: MergeSettings) -> ad.AnnData:
@@ -96,30 +97,60 @@ def normalize(adata: ad.AnnData, target_sum: float | None) -> None:
     sc.pp.log1p(adata)
 
 
-def select_hvgs(adata: ad.AnnData, settings: EmbedSettings) -> None:
+#: Columns of the per-batch report of the HVG selection (``results/merged/hvg_batches.tsv``).
+HVG_REPORT_COLUMNS = ["batch", "n_cells", "status", "detail"]
+
+
+def select_hvgs(adata: ad.AnnData, settings: EmbedSettings) -> pd.DataFrame:
     """Highly variable genes on raw counts, ignoring genes that only create artefactual structure.
 
     Genes matching ``exclude_patterns`` (mitochondrial, haemoglobin, TCR/BCR V genes ...) are never
     selected. Cell-cycle genes are kept on purpose: proliferation is an expected IL-7 effect.
+
+    With ``seurat_v3`` and a batch key, genes are ranked within each batch and the ranks combined
+    as scanpy does (:func:`combine_batch_ranks`), but every batch is fitted on its own, on the
+    genes it detects in at least :data:`MIN_CELLS_PER_GENE` cells: in a small, shallow sample of
+    real data (a few hundred cells of about 1,300 UMIs, some 20,000 genes measured) most genes are
+    seen once, in one cell, so thousands of genes share one mean and variance, and the local
+    regression of variance on mean that seurat_v3 fits is singular (scanpy raises "reciprocal
+    condition number ..."; simulated samples, whose genes are all expressed, never did). A batch
+    whose fit still fails is pooled with the other failed batches; if that fails too, or it is
+    the only one, it is left out of the ranking; if no batch can be fitted, all cells are ranked
+    together. Every fallback is logged and returned.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per batch (columns :data:`HVG_REPORT_COLUMNS`): ``status`` ``own``, ``pooled``,
+        ``left out`` or ``all cells`` (no batch ranking), and why.
     """
     n_top_genes, flavor = settings.n_top_genes, settings.hvg_flavor
     batch_key, exclude_patterns = settings.hvg_batch_key, settings.hvg_exclude_patterns
     pattern = re.compile("|".join(f"(?:{p})" for p in exclude_patterns)) if exclude_patterns else None
     excluded = np.array([bool(pattern.search(g)) for g in adata.var_names]) if pattern else np.zeros(adata.n_vars, bool)
     candidates = adata[:, ~excluded]
+    n_top = min(n_top_genes, candidates.n_vars)
     if batch_key and candidates.obs[batch_key].nunique() < 2:
         batch_key = None
-    kwargs = {"layer": "counts"} if flavor == "seurat_v3" else {}
-    table = sc.pp.highly_variable_genes(
-        candidates,
-        n_top_genes=min(n_top_genes, candidates.n_vars),
-        flavor=flavor,
-        batch_key=batch_key,
-        inplace=False,
-        **kwargs,
-    )
-    table.index = candidates.var_names
-    adata.var["highly_variable"] = table["highly_variable"].reindex(adata.var_names, fill_value=False).astype(bool)
+    if flavor == "seurat_v3" and batch_key:
+        highly_variable, report = _hvgs_per_batch(candidates, n_top, batch_key)
+    else:
+        kwargs = {"layer": "counts"} if flavor == "seurat_v3" else {}
+        table = sc.pp.highly_variable_genes(
+            candidates, n_top_genes=n_top, flavor=flavor, batch_key=batch_key, inplace=False, **kwargs
+        )
+        highly_variable = pd.Series(table["highly_variable"].to_numpy(), index=candidates.var_names)
+        report = pd.DataFrame(
+            [
+                {
+                    "batch": "all",
+                    "n_cells": candidates.n_obs,
+                    "status": "all cells",
+                    "detail": f"batch_key {batch_key}" if batch_key else "no batch key",
+                }
+            ]
+        )
+    adata.var["highly_variable"] = highly_variable.reindex(adata.var_names, fill_value=False).astype(bool)
     adata.var["hvg_excluded"] = excluded
     log.info(
         "%d highly variable genes (%s, batch_key=%s); %d genes excluded by pattern",
@@ -128,6 +159,100 @@ def select_hvgs(adata: ad.AnnData, settings: EmbedSettings) -> None:
         batch_key,
         int(excluded.sum()),
     )
+    return report[HVG_REPORT_COLUMNS]
+
+
+#: Cells of a batch that must detect a gene for it to enter the batch's seurat_v3 fit (as
+#: ``sc.pp.filter_genes(min_cells=3)`` does for a whole dataset).
+MIN_CELLS_PER_GENE = 3
+
+
+def _seurat_v3_variances(adata: ad.AnnData, batch_key: str) -> np.ndarray:
+    """seurat_v3's normalized variance of every gene in ``adata`` (one batch or a pool).
+
+    Only genes detected in at least :data:`MIN_CELLS_PER_GENE` of the cells are fitted; the others
+    get 0 (they cannot be variable within this batch). A gene seen once in one cell has mean 1/n
+    and the same variance as every other such gene; in a small, shallow sample of real data (some
+    20,000 genes measured, most seen once or twice) these ties fill the loess window and its fit
+    is singular.
+    """
+    detected = np.asarray((adata.layers["counts"] > 0).sum(axis=0)).ravel() >= MIN_CELLS_PER_GENE
+    variances = np.zeros(adata.n_vars, dtype=np.float64)
+    if detected.sum() < 2:
+        raise ValueError(f"fewer than 2 genes detected in {MIN_CELLS_PER_GENE} or more cells")
+    one = ad.AnnData(
+        obs=pd.DataFrame({batch_key: pd.Categorical(["pool"] * adata.n_obs)}, index=adata.obs_names),
+        var=pd.DataFrame(index=adata.var_names[detected]),
+        layers={"counts": adata.layers["counts"][:, detected]},
+    )
+    table = sc.pp.highly_variable_genes(
+        one, flavor="seurat_v3", layer="counts", batch_key=batch_key, n_top_genes=min(2, one.n_vars), inplace=False
+    )
+    variances[detected] = table["variances_norm"].to_numpy(dtype=np.float64)
+    return variances
+
+
+def _hvgs_per_batch(candidates: ad.AnnData, n_top: int, batch_key: str) -> tuple[pd.Series, pd.DataFrame]:
+    """seurat_v3 per batch with pooling and fallbacks (see :func:`select_hvgs`)."""
+    batches = candidates.obs[batch_key].astype(str)
+    variances, rows, failed = [], [], {}
+    for batch in sorted(batches.unique()):
+        members = (batches == batch).to_numpy()
+        try:
+            variances.append(_seurat_v3_variances(candidates[members], batch_key))
+            rows.append({"batch": batch, "n_cells": int(members.sum()), "status": "own", "detail": ""})
+        except ValueError as error:  # skmisc's loess: singular fit on tied means
+            failed[batch] = f"{str(error).splitlines()[0][:80]}"
+    if len(failed) == 1:
+        status, detail = (
+            "left out",
+            "the only batch that failed: left out of the ranking (its cells are still embedded)",
+        )
+    elif failed:
+        pool = batches.isin(list(failed)).to_numpy()
+        try:
+            variances.append(_seurat_v3_variances(candidates[pool], batch_key))
+            status, detail = "pooled", f"fitted together with {', '.join(b for b in failed)} ({int(pool.sum())} cells)"
+        except ValueError as error:
+            status, detail = "left out", f"pooled fit failed too ({str(error).splitlines()[0][:60]})"
+    for batch, reason in failed.items():
+        log.warning("HVG selection: the seurat_v3 fit of batch %s failed (%s): %s", batch, reason, detail)
+        rows.append(
+            {
+                "batch": batch,
+                "n_cells": int((batches == batch).sum()),
+                "status": status,
+                "detail": f"own fit failed ({reason}); {detail}",
+            }
+        )
+    if not variances:
+        log.warning("HVG selection: no batch could be fitted on its own or pooled: all cells ranked together")
+        table = sc.pp.highly_variable_genes(
+            candidates, n_top_genes=n_top, flavor="seurat_v3", layer="counts", inplace=False
+        )
+        report = pd.DataFrame(
+            [{"batch": "all", "n_cells": candidates.n_obs, "status": "all cells", "detail": "no batch could be fitted"}]
+        )
+        return pd.Series(table["highly_variable"].to_numpy(), index=candidates.var_names), report
+    return combine_batch_ranks(np.vstack(variances), candidates.var_names, n_top), pd.DataFrame(rows)
+
+
+def combine_batch_ranks(variances: np.ndarray, genes: pd.Index, n_top: int) -> pd.Series:
+    """The genes seurat_v3 selects from per-batch normalized variances (batches x genes).
+
+    As scanpy does with ``batch_key`` (after Seurat's SelectIntegrationFeatures): genes ranked within
+    each batch, ranks beyond ``n_top`` discarded, genes ordered by their median rank, then by the
+    number of batches in which they rank within ``n_top``.
+    """
+    ranked = np.argsort(np.argsort(-variances, axis=1), axis=1).astype(np.float32)
+    n_batches = np.sum((ranked < n_top).astype(int), axis=0)
+    ranked[ranked >= n_top] = np.nan
+    median = np.ma.median(np.ma.masked_invalid(ranked), axis=0).filled(np.nan)
+    frame = pd.DataFrame({"highly_variable_rank": median, "highly_variable_nbatches": n_batches}, index=genes)
+    order = frame.sort_values(
+        ["highly_variable_rank", "highly_variable_nbatches"], ascending=[True, False], na_position="last"
+    ).index
+    return pd.Series(genes.isin(order[:n_top]), index=genes)
 
 
 def embed(adata: ad.AnnData, settings: EmbedSettings) -> str:
@@ -164,7 +289,7 @@ def embed(adata: ad.AnnData, settings: EmbedSettings) -> str:
     return use_rep
 
 
-def embed_merged(path: str | Path, settings: EmbedSettings) -> ad.AnnData:
+def embed_merged(path: str | Path, settings: EmbedSettings) -> tuple[ad.AnnData, pd.DataFrame]:
     """HVGs, PCA, optional Harmony, kNN graph and UMAP of the merged object at ``path``.
 
     One cells x genes matrix is in memory at a time: ``seurat_v3`` ranks genes on the raw counts,
@@ -172,21 +297,22 @@ def embed_merged(path: str | Path, settings: EmbedSettings) -> ad.AnnData:
 
     Returns
     -------
-    anndata.AnnData
+    embedding, hvg_report
         Only what this step adds (the next steps join it back to the counts by cell name):
         obs ``sample``/``barcode``, var ``highly_variable``/``hvg_excluded``, the embeddings,
-        the kNN graph and the ``uns`` entries of PCA, neighbours and UMAP.
+        the kNN graph and the ``uns`` entries of PCA, neighbours and UMAP; and the per-batch
+        report of the HVG selection (:func:`select_hvgs`).
     """
     on_counts = settings.hvg_flavor == "seurat_v3"
     adata = read_h5ad_parts(path, x=not on_counts, layers=["counts"] if on_counts else [])
-    select_hvgs(adata, settings)
+    hvg_report = select_hvgs(adata, settings)
     if on_counts:
         chosen = adata.var[["highly_variable", "hvg_excluded"]]
         del adata
         adata = read_h5ad_parts(path)
         adata.var[chosen.columns] = chosen
     use_rep = embed(adata, settings)
-    return ad.AnnData(
+    embedding = ad.AnnData(
         obs=adata.obs[["sample", "barcode"]].copy(),
         var=adata.var[["highly_variable", "hvg_excluded"]].copy(),
         obsm={k: v for k, v in adata.obsm.items()},
@@ -198,3 +324,4 @@ def embed_merged(path: str | Path, settings: EmbedSettings) -> ad.AnnData:
             "graph_representation": use_rep,
         },
     )
+    return embedding, hvg_report

@@ -33,3 +33,40 @@ def software_versions() -> pd.DataFrame:
     versions = sorted((d.metadata["Name"], d.version) for d in distributions())
     frame = pd.DataFrame(versions, columns=["package", "version"]).drop_duplicates("package")
     return pd.concat([pd.DataFrame([{"package": "python", "version": sys.version.split()[0]}]), frame])
+
+
+FALLBACK_COLUMNS = ["step", "subject", "fallback", "reason"]
+
+
+def fallbacks(qc_summary: pd.DataFrame, hvg_batches: pd.DataFrame, markers_untested: pd.DataFrame) -> pd.DataFrame:
+    """Every place where a step could not run as configured and fell back, one row each.
+
+    Samples without doublet calls (too few cells passed the metric filters), HVG batches that could
+    not be fitted on their own, and clusters too small for marker tests. Populations or gene sets
+    that were not tested are in the DE summary and the enrichment tables with their reasons.
+    """
+    rows = [
+        {
+            "step": "qc_sample",
+            "subject": row.sample,
+            "fallback": "no doublet calls",
+            "reason": "too few cells passed the metric filters for Scrublet (doublets.min_cells)",
+        }
+        for row in qc_summary.itertuples()
+        if pd.isna(row.doublet_score_threshold)
+    ]
+    rows += [
+        {"step": "embed_cells", "subject": row.batch, "fallback": f"HVG ranking: {row.status}", "reason": row.detail}
+        for row in hvg_batches.itertuples()
+        if row.status != "own" and row.detail != "no batch key"
+    ]
+    rows += [
+        {
+            "step": "find_cluster_markers",
+            "subject": f"cluster {row.cluster}",
+            "fallback": "no marker test",
+            "reason": f"{row.n_cells} cells: {row.reason}",
+        }
+        for row in markers_untested.itertuples()
+    ]
+    return pd.DataFrame(rows, columns=FALLBACK_COLUMNS)
