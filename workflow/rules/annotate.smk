@@ -1,10 +1,11 @@
-# Cell types: marker scores, cluster labels by majority, lineage, cycling flag, user overrides.
+# Cell types: cluster-level marker evidence (gates, then subsets), cycling flag, user overrides, checks.
 
 
 rule annotate_cells:
     input:
         h5ad="results/merged/clustered.h5ad",
         markers=config["annotation"]["marker_table"],
+        checks=config["annotation"]["consistency_checks"],
         overrides=annotation_overrides,
     output:
         cells="results/annotation/cells.tsv.gz",
@@ -13,6 +14,12 @@ rule annotate_cells:
             caption="../report/annotation_clusters.rst",
             category="3. Annotation",
             labels={"type": "table", "result": "cluster labels"},
+        ),
+        consistency=report(
+            "results/annotation/consistency.tsv",
+            caption="../report/annotation_consistency.rst",
+            category="3. Annotation",
+            labels={"type": "table", "result": "label checks"},
         ),
         umap_png=report(
             "results/figures/annotation/umap_cell_type.png",

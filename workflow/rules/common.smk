@@ -50,6 +50,7 @@ def project_path(path):
 
 
 config["annotation"]["marker_table"] = project_path(config["annotation"]["marker_table"])
+config["annotation"]["consistency_checks"] = project_path(config["annotation"]["consistency_checks"])
 config["annotation"]["overrides"] = project_path(config["annotation"]["overrides"])
 config["enrichment"]["gmt"] = [project_path(path) for path in config["enrichment"]["gmt"]]
 config["enrichment"]["set_metadata"] = project_path(config["enrichment"]["set_metadata"])

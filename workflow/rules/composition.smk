@@ -4,6 +4,7 @@
 rule compare_composition:
     input:
         cells="results/annotation/cells.tsv.gz",
+        clusters="results/annotation/clusters.tsv",
     output:
         proportions=report(
             "results/composition/proportions.tsv",

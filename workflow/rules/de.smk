@@ -77,6 +77,7 @@ rule fit_de:
 rule summarize_de:
     input:
         summaries=de_summaries,
+        clusters="results/annotation/clusters.tsv",
     output:
         summary=report(
             "results/de/summary.tsv",

@@ -7,6 +7,7 @@ rule enrich_de:
         summary="results/de/summary.tsv",
         pseudobulk="results/de/pseudobulk/pseudobulk.h5ad",
         composition="results/composition/test.tsv",
+        clusters="results/annotation/clusters.tsv",
         gmt=config["enrichment"]["gmt"],
         set_metadata=config["enrichment"]["set_metadata"] or [],
     output:
@@ -49,6 +50,7 @@ rule score_gene_sets:
     input:
         h5ad="results/merged/clustered.h5ad",
         cells="results/annotation/cells.tsv.gz",
+        clusters="results/annotation/clusters.tsv",
         gmt=config["enrichment"]["gmt"],
         set_metadata=config["enrichment"]["set_metadata"] or [],
     output:

@@ -1,6 +1,6 @@
-"""Snakemake adapter: marker-based cell types, lineages and cycling flags; UMAP and dot plot."""
+"""Snakemake adapter: cluster-level cell types, lineages and cycling flags, their checks; UMAP and dot plot."""
 
-from pbmc_prepost import annotate
+from pbmc_prepost import annotate, annotation_checks
 from pbmc_prepost.h5ad import read_h5ad_parts
 from pbmc_prepost.plots.clustering import cell_type_dotplot, umap_figure
 from pbmc_prepost.runtime import start_job
@@ -9,14 +9,18 @@ from pbmc_prepost.tables import write_tsv
 smk = snakemake  # noqa: F821
 settings = smk.params.settings
 log = start_job(smk.log[0])
-adata = read_h5ad_parts(smk.input.h5ad, obsm=["X_umap"])  # counts and graphs stay on disk
+# log-normalized X, UMAP and the kNN graph; the counts stay on disk
+adata = read_h5ad_parts(smk.input.h5ad, obsm=["X_umap"], obsp=["connectivities"])
 markers = annotate.read_marker_table(smk.input.markers)
 overrides = annotate.read_overrides(
     smk.input.overrides[0] if smk.input.overrides else None, set(markers.identity.index)
 )
 cells, clusters = annotate.annotate_clusters(adata, markers, settings, overrides)
+checks = annotation_checks.read_checks(smk.input.checks)
+consistency, clusters = annotation_checks.consistency(adata, cells, clusters, checks)
 write_tsv(cells, smk.output.cells)
 write_tsv(clusters, smk.output.clusters)
+write_tsv(consistency, smk.output.consistency)
 umap_figure(
     adata.obsm["X_umap"],
     cells["cell_type"],
@@ -24,6 +28,4 @@ umap_figure(
     [smk.output.umap_png, smk.output.umap_pdf],
     label_on_data=True,
 )
-cell_type_dotplot(
-    adata, cells["cell_type"].set_axis(adata.obs_names), settings, [smk.output.dotplot_png, smk.output.dotplot_pdf]
-)
+cell_type_dotplot(adata, cells["cell_type"], settings, [smk.output.dotplot_png, smk.output.dotplot_pdf])

@@ -1,6 +1,7 @@
 """Snakemake adapter: proportions per sample and the paired composition test, at both label levels."""
 
 from pbmc_prepost import composition
+from pbmc_prepost.annotation_checks import population_notes
 from pbmc_prepost.plots.composition import composition_figures
 from pbmc_prepost.runtime import start_job
 from pbmc_prepost.tables import FLOAT_FORMAT, read_tsv, write_tsv
@@ -9,7 +10,9 @@ smk = snakemake  # noqa: F821
 settings = smk.params.settings
 log = start_job(smk.log[0])
 cells = read_tsv(smk.input.cells, dtype={"barcode": str}, usecols=["sample", *composition.LEVELS])
-proportions, tests = composition.composition_tables(cells, settings)
+clusters = read_tsv(smk.input.clusters, dtype=str, keep_default_na=False)
+notes = {level: population_notes(clusters, level) for level in composition.LEVELS}
+proportions, tests = composition.composition_tables(cells, settings, notes)
 write_tsv(proportions, smk.output.proportions, FLOAT_FORMAT)
 write_tsv(tests, smk.output.test, FLOAT_FORMAT)
 figures = {

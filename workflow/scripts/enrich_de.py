@@ -4,6 +4,7 @@ that confirms or rejects each GSEA call, and the interpretation guards written i
 import anndata as ad
 
 from pbmc_prepost import de, gsea
+from pbmc_prepost.annotation_checks import population_notes
 from pbmc_prepost.genesets import read_gene_sets
 from pbmc_prepost.plots.enrichment import confirmed_calls_heatmap
 from pbmc_prepost.runtime import start_job
@@ -15,6 +16,7 @@ log = start_job(smk.log[0], smk.threads, settings.seed)
 library = read_gene_sets(smk.input.gmt, smk.input.set_metadata or None)
 summary = read_tsv(smk.input.summary, keep_default_na=False)
 tables = de.read_population_tables(summary, smk.input.tables)
+notes = population_notes(read_tsv(smk.input.clusters, dtype=str, keep_default_na=False), settings.level)
 enriched, ora = gsea.enrich_populations(
     tables,
     summary,
@@ -23,6 +25,7 @@ enriched, ora = gsea.enrich_populations(
     library,
     settings,
     threads=smk.threads,
+    annotation_notes=notes,
 )
 write_tsv(enriched, smk.output.gsea, FLOAT_FORMAT)
 write_tsv(ora, smk.output.ora, FLOAT_FORMAT)

@@ -1,11 +1,12 @@
 """Snakemake adapter: per-cell module scores averaged per donor x timepoint x population; paired test."""
 
 from pbmc_prepost import module_scores
+from pbmc_prepost.annotation_checks import population_notes
 from pbmc_prepost.genesets import read_gene_sets
 from pbmc_prepost.h5ad import read_h5ad_parts
 from pbmc_prepost.plots.enrichment import headline_score_lines
 from pbmc_prepost.runtime import start_job
-from pbmc_prepost.tables import FLOAT_FORMAT, attach_cell_labels, write_tsv
+from pbmc_prepost.tables import FLOAT_FORMAT, attach_cell_labels, read_tsv, write_tsv
 
 smk = snakemake  # noqa: F821
 settings = smk.params.settings
@@ -13,7 +14,8 @@ log = start_job(smk.log[0], smk.threads, settings.seed)
 library = read_gene_sets(smk.input.gmt, smk.input.set_metadata or None)
 adata = read_h5ad_parts(smk.input.h5ad)  # log-normalized X only
 attach_cell_labels(adata, smk.input.cells, [settings.level])
-scores, test = module_scores.score_populations(adata, library, settings)
+notes = population_notes(read_tsv(smk.input.clusters, dtype=str, keep_default_na=False), settings.level)
+scores, test = module_scores.score_populations(adata, library, settings, notes)
 write_tsv(scores, smk.output.donor_scores, FLOAT_FORMAT)
 write_tsv(test, smk.output.scores, FLOAT_FORMAT)
 headline_score_lines(scores, test, library, settings, [smk.output.lines_png, smk.output.lines_pdf])

@@ -328,7 +328,9 @@ def paired_composition_test(
 LEVELS = ("lineage", "cell_type")
 
 
-def composition_tables(cells: pd.DataFrame, settings: CompositionSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+def composition_tables(
+    cells: pd.DataFrame, settings: CompositionSettings, annotation_notes: dict[str, dict[str, str]] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Proportions and paired tests at every level of :data:`LEVELS`.
 
     Parameters
@@ -337,6 +339,9 @@ def composition_tables(cells: pd.DataFrame, settings: CompositionSettings) -> tu
         One row per annotated cell: ``sample`` and one column per level.
     settings
         Transform, ``min_pairs`` and the study (contrast and sample metadata).
+    annotation_notes
+        Level -> population -> note of a flagged annotation (:func:`pbmc_prepost.annotation_checks.population_notes`),
+        appended to the population's ``note``.
 
     Returns
     -------
@@ -349,6 +354,10 @@ def composition_tables(cells: pd.DataFrame, settings: CompositionSettings) -> tu
     for level in LEVELS:
         props = cell_counts(cells, level, meta, contrast)
         test = paired_composition_test(props, contrast, settings.transform, settings.min_pairs)
+        notes = (annotation_notes or {}).get(level, {})
+        test["note"] = [
+            f"{note}; {notes[p]}" if p in notes else note for p, note in zip(test["population"], test["note"])
+        ]
         log.info("%s composition:\n%s", level, test.to_string(index=False))
         proportions.append(props.assign(level=level))
         tests.append(test.assign(level=level))

@@ -472,11 +472,16 @@ def fit_population_table(
     return (table if table is not None else pd.DataFrame(columns=RESULT_COLUMNS)), pd.DataFrame([summary])
 
 
-def combine_summaries(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """The per-population summaries of one run in one table, ``level`` first, populations sorted."""
+def combine_summaries(paths: Sequence[str | Path], annotation_notes: dict[str, str] | None = None) -> pd.DataFrame:
+    """The per-population summaries of one run in one table, ``level`` first, populations sorted;
+    the note of a population whose annotation is flagged says so."""
     summary = pd.concat(
         [pd.read_csv(path, sep="\t", keep_default_na=False) for path in paths], ignore_index=True
     ).sort_values("population")
+    notes = annotation_notes or {}
+    summary["note"] = [
+        f"{note}; {notes[p]}" if p in notes else note for p, note in zip(summary["population"], summary["note"])
+    ]
     return summary[["level", *[c for c in SUMMARY_COLUMNS if c in summary.columns]]]
 
 

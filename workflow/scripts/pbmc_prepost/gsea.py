@@ -294,7 +294,8 @@ def ora(de_table: pd.DataFrame, library: GeneSetLibrary, alpha: float, min_size:
         rows = []
         for name, members in library.sets.items():
             in_universe = [g for g in members if g in universe]
-            overlap = [g for g in hits if g in set(in_universe)]
+            members_in_universe = set(in_universe)
+            overlap = [g for g in hits if g in members_in_universe]
             status = _size_status(len(in_universe), min_size)
             pvalue = math.nan
             if status == TESTED:
@@ -432,6 +433,7 @@ def enrich_populations(
     library: GeneSetLibrary,
     settings: EnrichmentSettings,
     threads: int = 1,
+    annotation_notes: dict[str, str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """GSEA and ORA of every tested population, confirmed by the donor-level test, with guards.
 
@@ -452,6 +454,8 @@ def enrich_populations(
         Set-size bounds, permutations, alpha, seed, contrast and the DE level.
     threads
         gseapy threads.
+    annotation_notes
+        Population -> note of a flagged annotation, in the ``annotation_note`` column.
 
     Returns
     -------
@@ -459,7 +463,8 @@ def enrich_populations(
         One row per population x set (ORA: x direction), with ``level`` and ``population`` first,
         the donor pairs, the donor-level test and ``call`` (GSEA only), and the guards:
         ``caveat`` (the set's), ``composition_note`` (the population's share changed) and
-        ``stress_control`` (the dissociation-stress set's call in the same population).
+        ``stress_control`` (the dissociation-stress set's call in the same population), and
+        ``annotation_note``.
     """
     gsea = gsea_all_populations(
         tables,
@@ -509,6 +514,7 @@ def enrich_populations(
         frame["stress_control"] = (
             frame["population"].map(stress["call"]).fillna("not tested") if len(stress) else "not tested"
         )
+        frame["annotation_note"] = frame["population"].map(annotation_notes or {}).fillna("")
         return frame
 
     return guards(gsea), guards(ora)

@@ -340,9 +340,10 @@ def paired_score_test(
 
 
 def score_populations(
-    adata: ad.AnnData, library: GeneSetLibrary, settings: ScoreSettings
+    adata: ad.AnnData, library: GeneSetLibrary, settings: ScoreSettings, annotation_notes: dict[str, str] | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """:func:`module_scores` at the DE level and their :func:`paired_score_test`.
+    """:func:`module_scores` at the DE level and their :func:`paired_score_test`; the note of a
+    population whose annotation is flagged says so.
 
     Returns
     -------
@@ -353,6 +354,10 @@ def score_populations(
         adata, library, settings.level, settings.contrast, min_genes=settings.min_genes, seed=settings.seed
     )
     test = paired_score_test(scores, settings.contrast, min_pairs=settings.min_pairs)
+    notes = annotation_notes or {}
+    test["note"] = [
+        "; ".join(n for n in (note, notes.get(p, "")) if n) for p, note in zip(test["population"], test["note"])
+    ]
     for frame in (scores, test):
         frame.insert(0, "level", settings.level)
     return scores, test

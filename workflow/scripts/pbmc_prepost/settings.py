@@ -187,6 +187,7 @@ class AnnotationSettings(NamedTuple):
     dotplot_genes: dict[str, tuple[str, ...]]
     condition_column: str
     reference: str
+    seed: int
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> AnnotationSettings:
@@ -197,6 +198,7 @@ class AnnotationSettings(NamedTuple):
             MarkerSettings.from_config(config).dotplot_genes,
             contrast.column,
             contrast.reference,
+            config["seed"],
         )
 
 
