@@ -1,7 +1,7 @@
 """Simulate PBMC-like single-cell counts before and after recombinant IL-7, with known truth.
 
 The simulator is what the embedded example, the test datasets and the benchmarks are made of.
-It encodes the biology the workflow must recover (science brief section 4) and the artefacts it
+It encodes the biology the workflow must recover (:mod:`.biology`) and the artefacts it
 must remove (dying cells, heterotypic doublets, ambient RNA), and it can switch every treatment
 effect off to make a null dataset with the same design.
 
@@ -86,7 +86,12 @@ class SimulationParams:
     cycling_pre: float = 0.01  # share of T cells in cycle before treatment
     cycling_post: float = 0.05
     timepoints: tuple[str, str] = ("pre", "post")
-    extra: dict = field(default_factory=dict)
+    cells_sdlog: float = 0.2  # sd of the log number of cells per sample
+    # Cells of named samples, e.g. {"D3_post": 40}: a sample that lost most of its cells.
+    sample_sizes: dict = field(default_factory=dict)
+    # Subset -> gene -> share of that subset's cells detecting the gene at library_median: overrides
+    # the marker folds to give the dropout of shallow real data (biology.SHALLOW_10X_DETECTION).
+    marker_detection: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -252,6 +257,33 @@ def _random_barcodes(n: int, rng: np.random.Generator) -> list[str]:
     return out
 
 
+def _set_detection(
+    log_expr: np.ndarray, symbols: np.ndarray, dispersion: np.ndarray, is_mito: np.ndarray, params: SimulationParams
+) -> None:
+    """Set the expression of the genes in ``params.marker_detection`` so that the share of a subset's
+    cells with at least one UMI is the one asked for (at the median library of that subset).
+
+    With a negative-binomial count of shape k = 1 / dispersion, P(0) = (1 + mu / k) ** -k, so a
+    detection d needs mu = k ((1 - d) ** (-1 / k) - 1) UMIs per cell, i.e. a share mu / library of
+    the cell's non-mitochondrial transcripts. Changed in place, per subset.
+    """
+    index = {g: i for i, g in enumerate(symbols)}
+    subsets = list(LINEAGE)
+    for subset, targets in params.marker_detection.items():
+        k = subsets.index(subset)
+        library = params.library_median * LIBRARY_FACTOR.get(subset, 1.0)
+        weights = np.exp(log_expr[k]) * ~is_mito
+        for gene, detection in targets.items():
+            if gene not in index:
+                continue
+            g = index[gene]
+            shape = 1.0 / dispersion[g]
+            share = min(shape * ((1.0 - detection) ** (-1.0 / shape) - 1.0) / library, 0.5)
+            others = weights.sum() - weights[g]
+            weights[g] = share * others / (1.0 - share)  # the gene's share after the profile is normalized
+            log_expr[k, g] = np.log(weights[g])
+
+
 def simulate(params: SimulationParams | None = None) -> SimulatedData:
     """Simulate every sample of a paired pre/post design.
 
@@ -274,6 +306,7 @@ def simulate(params: SimulationParams | None = None) -> SimulatedData:
     genes = _gene_universe(params, rng)
     symbols = genes["symbol"].to_numpy()
     log_expr, cycling_program, dispersion, is_mito = _build_profiles(genes, params, rng)
+    _set_detection(log_expr, genes["symbol"].to_numpy(), dispersion, is_mito, params)
     effect = _effects(genes, params) * np.log(2.0)
     subsets = list(LINEAGE)
     n_subsets, n_genes = log_expr.shape
@@ -300,7 +333,8 @@ def simulate(params: SimulationParams | None = None) -> SimulatedData:
             sample = f"{donor}_{timepoint}"
             srng = np.random.default_rng([params.seed, 2, d, t])
             treated = t == 1
-            n_cells = int(round(params.cells_per_sample * np.exp(srng.normal(0, 0.2))))
+            n_cells = int(round(params.cells_per_sample * np.exp(srng.normal(0, params.cells_sdlog))))
+            n_cells = int(params.sample_sizes.get(sample, n_cells))
             comp = _composition(params, treated, srng, donor_comp)
             types = srng.choice(n_subsets, size=n_cells, p=comp)
             cycling_rate = params.cycling_post if (treated and params.treatment_effect) else params.cycling_pre
