@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from scipy import stats
 
 from pbmc_prepost.design import safe_names
 from pbmc_prepost.simulation import PRESETS, simulate
@@ -57,11 +58,17 @@ def test_null_data_give_no_confirmed_gene_set_call(null_run):
     sets = pd.read_csv(ROOT / "resources" / "genesets" / "sets.tsv", sep="\t").set_index("gene_set")["category"]
     # "Significant" is the workflow's call: GSEA FDR and the donor-level test's FDR both < 0.05.
     # On null data nothing is called, in any family (hypotheses, positive controls, context,
-    # artefact) or cell type, and the donor-level test alone finds nothing either. GSEA's own FDR
-    # does fall below 0.05 here for sets whose genes co-vary between samples (interferon tone,
-    # handling stress), which is why it is never used alone (tests/test_enrichment.py, xfails).
+    # artefact) or cell type. GSEA's own FDR does fall below 0.05 here for sets whose genes co-vary
+    # between samples (interferon tone, handling stress), which is why it is never used alone
+    # (tests/test_enrichment.py, xfails).
     assert (gsea["call"] == "ns").all(), gsea[gsea["call"] != "ns"][["population", "gene_set", "fdr", "donor_fdr"]]
-    assert not (gsea["donor_fdr"] < 0.05).any(), gsea[gsea["donor_fdr"] < 0.05][["population", "gene_set", "donor_fdr"]]
+    # The donor-level test alone is calibrated: Benjamini-Hochberg within a family (population x
+    # category) rejects anything in at most 5 % of the families under the null, so over the ~30
+    # families here one or two may (3 donors, t = -7 by chance happens); many would be a bias.
+    tested = gsea[gsea["donor_pvalue"].notna()]
+    families = tested.groupby(["level", "population", tested["gene_set"].map(sets)])["donor_fdr"].min()
+    allowed = stats.binom.ppf(0.99, len(families), 0.05)
+    assert (families < 0.05).sum() <= allowed, families[families < 0.05]
     assert sets.reindex(gsea["gene_set"].unique()).notna().all()
     scores = pd.read_csv(workdir / "results" / "enrichment" / "scores.tsv", sep="\t")
     assert not (scores["padj"] < 0.05).any()
