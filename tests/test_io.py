@@ -387,3 +387,23 @@ def test_read_h5ad_parts_reads_only_what_is_asked(tmp_path: Path) -> None:
     assert (x_and_umap.X != full.X).nnz == 0 and list(x_and_umap.obsm) == ["X_umap"] and not x_and_umap.layers
     with pytest.raises(KeyError, match="layers/spliced"):
         read_h5ad_parts(path, layers=["spliced"])
+
+
+def test_read_h5ad_parts_reads_some_genes_block_by_block(tmp_path: Path, monkeypatch) -> None:
+    import pbmc_prepost.h5ad as h5ad_module
+
+    X = sp.random(50, 20, density=0.3, format="csr", random_state=1, dtype=np.float32)
+    full = anndata.AnnData(
+        X=X,
+        obs=pd.DataFrame(index=[f"c{i}" for i in range(50)]),
+        var=pd.DataFrame(index=[f"g{i}" for i in range(20)]),
+        obsp={"connectivities": sp.identity(50, format="csr")},
+    )
+    path = tmp_path / "full.h5ad"
+    full.write_h5ad(path)
+    monkeypatch.setattr(h5ad_module, "ROW_BLOCK", 7)  # blocks that do not divide the rows
+    # Asked in any order, with an unmeasured gene: the measured ones come in var order.
+    some = read_h5ad_parts(path, obsp=["connectivities"], genes=["g17", "g3", "g4", "not_measured"])
+    assert list(some.var_names) == ["g3", "g4", "g17"]
+    assert sp.issparse(some.X) and (some.X != X[:, [3, 4, 17]]).nnz == 0
+    assert some.n_obs == 50 and "connectivities" in some.obsp

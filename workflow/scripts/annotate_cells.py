@@ -9,14 +9,16 @@ from pbmc_prepost.tables import write_tsv
 smk = snakemake  # noqa: F821
 settings = smk.params.settings
 log = start_job(smk.log[0])
-# log-normalized X, UMAP and the kNN graph; the counts stay on disk
-adata = read_h5ad_parts(smk.input.h5ad, obsm=["X_umap"], obsp=["connectivities"])
 markers = annotate.read_marker_table(smk.input.markers)
 overrides = annotate.read_overrides(
     smk.input.overrides[0] if smk.input.overrides else None, set(markers.identity.index)
 )
-cells, clusters = annotate.annotate_clusters(adata, markers, settings, overrides)
 checks = annotation_checks.read_checks(smk.input.checks)
+# Log-normalized X of the few hundred genes the markers, checks and dot plot read; UMAP and the
+# kNN graph. The counts and every other gene stay on disk.
+genes = {*markers.genes(), *annotation_checks.check_genes(checks), *sum(settings.dotplot_genes.values(), ())}
+adata = read_h5ad_parts(smk.input.h5ad, obsm=["X_umap"], obsp=["connectivities"], genes=genes)
+cells, clusters = annotate.annotate_clusters(adata, markers, settings, overrides)
 consistency, clusters = annotation_checks.consistency(adata, cells, clusters, checks)
 write_tsv(cells, smk.output.cells)
 write_tsv(clusters, smk.output.clusters)

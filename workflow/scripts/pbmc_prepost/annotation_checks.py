@@ -67,6 +67,11 @@ def read_checks(path: str | Path) -> list[Check]:
     ]
 
 
+def check_genes(checks: list[Check]) -> list[str]:
+    """Genes the checks read (their defining and excluding markers)."""
+    return sorted({g for check in checks for g in (*check.defining, *check.excluding)})
+
+
 class _Sums:
     """Per group of cells (a cluster, or the cells of a label): cells, and per gene the cells
     detecting it and the summed expression; :func:`consistency` reads each group once."""
@@ -117,7 +122,7 @@ def consistency(
         input with ``flag`` (``contradicted``, ``weak`` or empty) and ``flag_reason``.
     """
     present = set(adata.var_names)
-    genes = sorted({g for check in checks for g in (*check.defining, *check.excluding) if g in present})
+    genes = [g for g in check_genes(checks) if g in present]
     lineage = cells["lineage"].astype(str).to_numpy(dtype=object)
     cluster_of = cells["cluster"].astype(str).to_numpy(dtype=object)
     X = adata[:, genes].X

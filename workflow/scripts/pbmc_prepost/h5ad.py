@@ -7,6 +7,11 @@ from pathlib import Path
 
 import anndata
 import h5py
+import numpy as np
+import scipy.sparse as sp
+
+#: Rows of ``X`` read at a time by :func:`read_h5ad_parts` when only some genes are wanted.
+ROW_BLOCK = 20_000
 
 
 def read_h5ad_parts(
@@ -16,6 +21,7 @@ def read_h5ad_parts(
     layers: Sequence[str] = (),
     obsm: Sequence[str] = (),
     obsp: Sequence[str] = (),
+    genes: Sequence[str] | None = None,
 ) -> anndata.AnnData:
     """Read only some elements of a workflow ``.h5ad`` (obs and var always).
 
@@ -31,6 +37,9 @@ def read_h5ad_parts(
         Read ``X`` (otherwise the object has no ``X``).
     layers, obsm, obsp
         Names of the layers, ``obsm`` and ``obsp`` entries (the kNN graph) to read.
+    genes
+        Keep only these genes (those measured, in ``var`` order), read from a CSR ``X`` in blocks
+        of :data:`ROW_BLOCK` rows: memory is that of the few genes a step reads, not of all.
 
     Returns
     -------
@@ -45,14 +54,42 @@ def read_h5ad_parts(
         missing += [f"obsp/{k}" for k in obsp if k not in handle.get("obsp", {})]
         if missing:
             raise KeyError(f"{path}: no {', '.join(missing)}")
+        var = read_elem(handle["var"])
+        if genes is None:
+            X = read_elem(handle["X"]) if x else None
+        else:
+            keep = np.flatnonzero(var.index.isin(list(genes)))
+            var = var.iloc[keep]
+            X = _read_columns(handle["X"], keep) if x else None
         return anndata.AnnData(
-            X=read_elem(handle["X"]) if x else None,
+            X=X,
             obs=read_elem(handle["obs"]),
-            var=read_elem(handle["var"]),
+            var=var,
             layers={k: read_elem(handle["layers"][k]) for k in layers},
             obsm={k: read_elem(handle["obsm"][k]) for k in obsm},
             obsp={k: read_elem(handle["obsp"][k]) for k in obsp},
         )
+
+
+def _read_columns(group: h5py.Group | h5py.Dataset, columns: np.ndarray) -> sp.csr_matrix:
+    """``columns`` of a stored matrix; a CSR group is read block by block of rows."""
+    from anndata.io import read_elem
+
+    if not isinstance(group, h5py.Group) or group.attrs.get("encoding-type") != "csr_matrix":
+        matrix = read_elem(group)
+        return sp.csr_matrix(matrix[:, columns])
+    n_rows, _ = group.attrs["shape"]
+    indptr = group["indptr"][:]
+    blocks = []
+    for start in range(0, n_rows, ROW_BLOCK):
+        stop = min(start + ROW_BLOCK, n_rows)
+        lo, hi = int(indptr[start]), int(indptr[stop])
+        block = sp.csr_matrix(
+            (group["data"][lo:hi], group["indices"][lo:hi], indptr[start : stop + 1] - lo),
+            shape=(stop - start, int(group.attrs["shape"][1])),
+        )
+        blocks.append(block[:, columns])
+    return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, len(columns)))
 
 
 class H5adFiles(Mapping):
