@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pbmc_prepost import InputError, annotate, annotation_checks
+from pbmc_prepost import InputError, annotate, annotation_checks, marker_evidence, marker_table
 from pbmc_prepost.simulation import PRESETS, simulate
 
 from conftest import ROOT, annotated_cells
@@ -17,8 +17,8 @@ LINEAGES = ["CD4 T", "CD8 T", "NK", "B", "CD14 mono", "CD16 mono", "DC", "platel
 
 
 @pytest.fixture(scope="module")
-def table() -> annotate.MarkerTable:
-    return annotate.read_marker_table(MARKERS)
+def table() -> marker_table.MarkerTable:
+    return marker_table.read_marker_table(MARKERS)
 
 
 @pytest.fixture(scope="module")
@@ -95,13 +95,13 @@ def test_overrides_relabel_a_cluster_and_reject_unknown_labels(labelled, table, 
     adata, clusters = labelled
     path = tmp_path / "overrides.tsv"
     path.write_text("# relabel\ncluster\tcell_type\nTreg\tCD4 memory\n")
-    overrides = annotate.read_overrides(path, set(table.identity.index))
+    overrides = marker_table.read_overrides(path, set(table.identity.index))
     labels, per_cluster = annotate.annotate(adata, clusters, table, 0.3, overrides)
     assert (labels.loc[clusters == "Treg", "cell_type"] == "CD4 memory").all()
     assert per_cluster.set_index("cluster").loc["Treg", "how"] == "override"
     path.write_text("cluster\tcell_type\nTreg\tT helper 17\n")
     with pytest.raises(InputError, match="unknown cell type"):
-        annotate.read_overrides(path, set(table.identity.index))
+        marker_table.read_overrides(path, set(table.identity.index))
 
 
 def test_checks_flag_a_cd4_cluster_relabelled_cd8(shallow, table):
@@ -126,14 +126,14 @@ def test_checks_flag_a_cd4_cluster_relabelled_cd8(shallow, table):
 
 def test_population_without_measured_markers_is_not_scored(labelled, table):
     adata, clusters = labelled
-    scaled = annotate.GeneScale.of(
-        annotate.expression(adata, [g for g in table.genes() if g in adata.var_names])
+    scaled = marker_evidence.GeneScale.of(
+        marker_evidence.expression(adata, [g for g in table.genes() if g in adata.var_names])
         .groupby(clusters.to_numpy())
         .mean()
     )
     present = [g for g in table.genes() if g in adata.var_names and g not in {"CSF3R", "FCGR3B", "CXCR2", "CEACAM8"}]
-    values = scaled.apply(annotate.expression(adata, present).iloc[:50])
-    scores = annotate.panel_scores(values, table.identity)
+    values = scaled.apply(marker_evidence.expression(adata, present).iloc[:50])
+    scores = marker_evidence.panel_scores(values, table.identity)
     assert "LDG" not in scores.columns and "CD4 naive" in scores.columns
 
 
@@ -145,7 +145,7 @@ def test_real_10x_pbmc_lineages():
 
     adata = sc.datasets.pbmc68k_reduced()
     data = adata.raw.to_adata()  # log-normalized counts of the 765 genes
-    markers = annotate.read_marker_table(MARKERS)
+    markers = marker_table.read_marker_table(MARKERS)
     graph = adata.obsp["connectivities"]
     labels, _ = annotate.annotate(data, data.obs["louvain"].astype(str), markers, cycling_threshold=0.3, graph=graph)
     coarse = {

@@ -1,6 +1,6 @@
 """Snakemake adapter: cluster-level cell types, lineages and cycling flags, their checks; UMAP and dot plot."""
 
-from pbmc_prepost import annotate, annotation_checks
+from pbmc_prepost import annotate, annotation_checks, marker_table
 from pbmc_prepost.h5ad import read_h5ad_parts
 from pbmc_prepost.plots.clustering import cell_type_dotplot, umap_figure
 from pbmc_prepost.runtime import start_job
@@ -9,8 +9,8 @@ from pbmc_prepost.tables import write_tsv
 smk = snakemake  # noqa: F821
 settings = smk.params.settings
 log = start_job(smk.log[0])
-markers = annotate.read_marker_table(smk.input.markers)
-overrides = annotate.read_overrides(
+markers = marker_table.read_marker_table(smk.input.markers)
+overrides = marker_table.read_overrides(
     smk.input.overrides[0] if smk.input.overrides else None, set(markers.identity.index)
 )
 checks = annotation_checks.read_checks(smk.input.checks)

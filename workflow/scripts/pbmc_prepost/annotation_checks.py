@@ -21,7 +21,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from pbmc_prepost import InputError
-from pbmc_prepost.annotate import HOW_OVERRIDE, HOW_SPLIT, WEAK_MARGIN
+from pbmc_prepost.annotate import HOW_OVERRIDE, HOW_SPLIT
+from pbmc_prepost.marker_evidence import WEAK_MARGIN
 
 #: How clearly a defining marker must be enriched (and an excluding one depleted), as a ratio of
 #: detection rates: 1.5 is far below what a correct label shows on shallow 10x data (CD8A: 42 % of
