@@ -30,6 +30,8 @@ def agreement(cells: pd.DataFrame, truth: pd.DataFrame) -> tuple[pd.DataFrame, d
     """Cells joined with their truth, and the agreement shares (``lineage_all``, ``lineage_panel``,
     ``cell_type_all`` and one ``<lineage>`` per lineage of :data:`PANEL` present)."""
     joined = cells.merge(truth, on=["sample", "barcode"], suffixes=("", "_true"))
+    if joined.empty:
+        raise SystemExit("no cell of the run is in the truth table: pass the cohort's truth with --truth")
     panel = joined[joined["lineage_true"].isin(PANEL)]
     shares = {
         "cells": float(len(joined)),
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         p
         for p in (
             args.run / "data" / "truth" / "cells.tsv.gz",
+            args.run / "cohort" / "data" / "truth" / "cells.tsv.gz",
             ROOT / "resources" / "example" / "truth" / "cells.tsv.gz",
         )
         if p.exists()
