@@ -73,6 +73,59 @@ def test_mito_outliers_are_flagged_per_sample_not_pooled():
     assert not pooled_calls[damaged].any()
 
 
+def healthy_and_damaged(median_mt: float, n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """A sample as real PBMC look: healthy cells log-normal around ``median_mt`` % mitochondrial
+    (spread 0.3: about 3-8 % around 5 %), 5 % damaged cells at 20-60 %."""
+    rng = np.random.default_rng(seed)
+    damaged = np.arange(n) >= int(0.95 * n)
+    mt = median_mt * np.exp(rng.normal(0, 0.3, n))
+    mt[damaged] = rng.uniform(20, 60, damaged.sum())
+    obs = obs_frame(np.exp(rng.normal(8, 0.3, n)), np.exp(rng.normal(7, 0.2, n)), rng.normal(30, 3, n), mt)
+    return obs, damaged
+
+
+def test_default_mito_rule_treats_a_high_baseline_batch_like_the_others():
+    # Two batches of healthy cells at median 5.5 % and 6.9 % mitochondrial (the case of a fixed
+    # 8 % ceiling that removed 36 % of one batch and 16 % of the other).
+    removed = {}
+    for median_mt, seed in ((5.5, 2), (6.9, 3)):
+        obs, damaged = healthy_and_damaged(median_mt, 2000, seed)
+        failed = qc.metric_failures(obs, qc.metric_thresholds(obs, DEFAULTS))["high_pct_mt"].to_numpy()
+        assert failed[damaged].all()  # the damaged cells still go
+        removed[median_mt] = failed[~damaged].mean()
+    assert max(removed.values()) < 0.05 and abs(removed[5.5] - removed[6.9]) < 0.02, removed
+    # The old fixed ceiling, for contrast: it is what made the batches differ.
+    obs, damaged = healthy_and_damaged(6.9, 2000, 3)
+    old = qc.metric_failures(obs, qc.metric_thresholds(obs, DEFAULTS._replace(max_pct_mt=8)))["high_pct_mt"]
+    assert old.to_numpy()[~damaged].mean() > 0.2
+
+
+def test_default_mito_ceiling_costs_a_high_baseline_sample_almost_nothing():
+    # Healthy cells at a median of 8 %: the ceiling alone (MAD rule switched off) takes < 1 %.
+    obs, damaged = healthy_and_damaged(8.0, 4000, 4)
+    thresholds = qc.metric_thresholds(obs, DEFAULTS._replace(nmads_mt=1e6))
+    failed = qc.metric_failures(obs, thresholds)["high_pct_mt"].to_numpy()
+    assert thresholds["max_pct_mt"] == DEFAULTS.max_pct_mt
+    assert failed[~damaged].mean() < 0.01 and failed[damaged].mean() > 0.9
+
+
+def test_broken_sample_is_caught_by_the_ceiling_and_named_in_a_warning(caplog):
+    # Most cells damaged: the MAD bound widens with them, the ceiling still removes them, and the
+    # filter's share is named with its threshold.
+    obs, _ = healthy_and_damaged(6.0, 1000, 5)
+    obs.loc[:599, "pct_counts_mt"] = np.random.default_rng(6).uniform(25, 60, 600)
+    thresholds = qc.metric_thresholds(obs, DEFAULTS)
+    failures = qc.metric_failures(obs, thresholds)
+    assert thresholds["max_pct_mt"] == DEFAULTS.max_pct_mt and failures["high_pct_mt"].mean() >= 0.6
+    with caplog.at_level("WARNING"):
+        warnings = qc.filter_warnings(failures, thresholds, "S1", DEFAULTS.warn_share_removed)
+    assert len(warnings) == 1 and warnings[0].startswith("high_pct_mt removes 6")
+    assert "max_pct_mt 20" in warnings[0] and "S1" in caplog.text and "qc.sample_overrides" in caplog.text
+    healthy, _ = healthy_and_damaged(6.0, 1000, 7)
+    thresholds = qc.metric_thresholds(healthy, DEFAULTS)
+    assert qc.filter_warnings(qc.metric_failures(healthy, thresholds), thresholds, "S2", 0.15) == []
+
+
 @pytest.fixture(scope="module")
 def tiny_sample(cohort):
     """One raw sample of the shared cohort: every barcode, dying cells and doublets included."""

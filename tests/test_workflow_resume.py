@@ -130,7 +130,9 @@ def test_half_written_outputs_are_refused_without_rerun_incomplete(resumed_run):
 def test_rerun_finishes_redoing_only_unfinished_jobs(resumed_run):
     run = resumed_run
     ran = set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):$", run.rerun.stderr, flags=re.M))
-    assert "qc_sample" not in ran and "record_provenance" not in ran, ran
+    # The per-sample jobs had finished before the kill (provenance, which gathers the merged stage's
+    # fallbacks, now runs after it; jobs finished but not listed here are checked by mtime below).
+    assert "qc_sample" not in ran, ran
     assert "embed_cells" in ran and (MERGED not in run.killed or "merge_samples" in ran), ran
     rewritten = sorted(f for f, t in run.before.items() if f not in run.killed and run.after[f] != t)
     assert not rewritten, f"finished outputs written again: {rewritten}"

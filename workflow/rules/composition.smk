@@ -5,6 +5,7 @@ rule compare_composition:
     input:
         cells="results/annotation/cells.tsv.gz",
         clusters="results/annotation/clusters.tsv",
+        qc_bias="results/qc/removal_test.tsv",
     output:
         proportions=report(
             "results/composition/proportions.tsv",

@@ -6,6 +6,7 @@ rule qc_sample:
         counts=sample_input_files,
     output:
         h5ad="results/qc/{sample}.h5ad",
+        removed="results/qc/{sample}.removed.h5ad",
         cells="results/qc/{sample}.cells.tsv.gz",
         summary="results/qc/{sample}.summary.tsv",
         png=report(
@@ -71,3 +72,40 @@ rule aggregate_qc:
         study=SETTINGS.study,
     script:
         "../scripts/aggregate_qc.py"
+
+
+# After annotation: did QC remove one population more at one timepoint? (results/qc/removal_test.tsv)
+rule check_qc_bias:
+    input:
+        h5ad="results/merged/clustered.h5ad",
+        removed=expand("results/qc/{sample}.removed.h5ad", sample=SAMPLES),
+        cells="results/annotation/cells.tsv.gz",
+        markers=config["annotation"]["marker_table"],
+    output:
+        removed_cells="results/qc/removed_cells.tsv.gz",
+        table=report(
+            "results/qc/removed_by_population.tsv",
+            caption="../report/qc_removed_by_population.rst",
+            category="1. Quality control",
+            subcategory="Cohort",
+            labels={"type": "table", "result": "removed by population"},
+        ),
+        test=report(
+            "results/qc/removal_test.tsv",
+            caption="../report/qc_removal_test.rst",
+            category="1. Quality control",
+            subcategory="Cohort",
+            labels={"type": "table", "result": "removal by timepoint"},
+        ),
+    log:
+        "logs/check_qc_bias.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=scaled(1000, per_input_mb=0.5),
+        runtime=runtime_min(10),
+    params:
+        settings=SETTINGS.qc_bias,
+    script:
+        "../scripts/check_qc_bias.py"

@@ -1,6 +1,6 @@
 """Snakemake adapter: proportions per sample and the paired composition test, at both label levels."""
 
-from pbmc_prepost import composition
+from pbmc_prepost import composition, qc_bias
 from pbmc_prepost.annotation_checks import population_notes
 from pbmc_prepost.plots.composition import composition_figures
 from pbmc_prepost.runtime import start_job
@@ -12,7 +12,8 @@ log = start_job(smk.log[0])
 cells = read_tsv(smk.input.cells, dtype={"barcode": str}, usecols=["sample", *composition.LEVELS])
 clusters = read_tsv(smk.input.clusters, dtype=str, keep_default_na=False)
 notes = {level: population_notes(clusters, level) for level in composition.LEVELS}
-proportions, tests = composition.composition_tables(cells, settings, notes)
+qc_notes = qc_bias.bias_notes(read_tsv(smk.input.qc_bias), settings.study.contrast)
+proportions, tests = composition.composition_tables(cells, settings, notes, qc_notes)
 write_tsv(proportions, smk.output.proportions, FLOAT_FORMAT)
 write_tsv(tests, smk.output.test, FLOAT_FORMAT)
 figures = {

@@ -18,6 +18,7 @@ counts = io.read_counts(
 result = qc.run_sample_qc(counts, sample, settings)
 
 result.filtered.write_h5ad(smk.output.h5ad)
+result.removed.write_h5ad(smk.output.removed)
 write_tsv(result.cells, smk.output.cells)
 write_tsv(pd.DataFrame([result.summary]), smk.output.summary)
 qc_sample_figure(

@@ -186,7 +186,7 @@ def _sample_table(props: pd.DataFrame, contrast: Contrast) -> tuple[pd.DataFrame
     return per_sample[["pair", "level", "total"]], counts
 
 
-def _paired_pvalue(y: np.ndarray, donors: np.ndarray, treated: np.ndarray) -> tuple[float, str]:
+def paired_pvalue(y: np.ndarray, donors: np.ndarray, treated: np.ndarray) -> tuple[float, str]:
     """p-value of the condition term of ``y ~ donor + condition`` (OLS); '' or a reason for NaN."""
     levels = sorted(set(donors))
     design = np.column_stack(
@@ -291,7 +291,7 @@ def paired_composition_test(
         elif n.sum() == 0:
             notes.append("no cells of this type in the compared samples: not tested")
         elif paired:
-            pvalue, why = _paired_pvalue(y, donors, is_trt)
+            pvalue, why = paired_pvalue(y, donors, is_trt)
             if why:
                 notes.append(why)
         else:
@@ -329,7 +329,7 @@ LEVELS = ("lineage", "cell_type")
 
 
 def composition_tables(
-    cells: pd.DataFrame, settings: CompositionSettings, annotation_notes: dict[str, dict[str, str]] | None = None
+    cells: pd.DataFrame, settings: CompositionSettings, *population_notes: dict[str, dict[str, str]]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Proportions and paired tests at every level of :data:`LEVELS`.
 
@@ -339,9 +339,10 @@ def composition_tables(
         One row per annotated cell: ``sample`` and one column per level.
     settings
         Transform, ``min_pairs`` and the study (contrast and sample metadata).
-    annotation_notes
-        Level -> population -> note of a flagged annotation (:func:`pbmc_prepost.annotation_checks.population_notes`),
-        appended to the population's ``note``.
+    population_notes
+        Level -> population -> note, appended to the population's ``note``: a flagged annotation
+        (:func:`pbmc_prepost.annotation_checks.population_notes`), a QC removal rate that differs
+        between the levels (:func:`pbmc_prepost.qc_bias.bias_notes`).
 
     Returns
     -------
@@ -354,10 +355,11 @@ def composition_tables(
     for level in LEVELS:
         props = cell_counts(cells, level, meta, contrast)
         test = paired_composition_test(props, contrast, settings.transform, settings.min_pairs)
-        notes = (annotation_notes or {}).get(level, {})
-        test["note"] = [
-            f"{note}; {notes[p]}" if p in notes else note for p, note in zip(test["population"], test["note"])
-        ]
+        for notes in population_notes:
+            extra = notes.get(level, {})
+            test["note"] = [
+                f"{note}; {extra[p]}" if p in extra else note for p, note in zip(test["population"], test["note"])
+            ]
         log.info("%s composition:\n%s", level, test.to_string(index=False))
         proportions.append(props.assign(level=level))
         tests.append(test.assign(level=level))

@@ -38,8 +38,8 @@ def read_h5ad_parts(
     layers, obsm, obsp
         Names of the layers, ``obsm`` and ``obsp`` entries (the kNN graph) to read.
     genes
-        Keep only these genes (those measured, in ``var`` order), read from a CSR ``X`` in blocks
-        of :data:`ROW_BLOCK` rows: memory is that of the few genes a step reads, not of all.
+        Keep only these genes (those measured, in ``var`` order), read from a CSR ``X`` and layers
+        in blocks of :data:`ROW_BLOCK` rows: memory is that of the few genes a step reads, not of all.
 
     Returns
     -------
@@ -55,17 +55,13 @@ def read_h5ad_parts(
         if missing:
             raise KeyError(f"{path}: no {', '.join(missing)}")
         var = read_elem(handle["var"])
-        if genes is None:
-            X = read_elem(handle["X"]) if x else None
-        else:
-            keep = np.flatnonzero(var.index.isin(list(genes)))
-            var = var.iloc[keep]
-            X = _read_columns(handle["X"], keep) if x else None
+        keep = None if genes is None else np.flatnonzero(var.index.isin(list(genes)))
+        read = read_elem if keep is None else (lambda element: _read_columns(element, keep))
         return anndata.AnnData(
-            X=X,
+            X=read(handle["X"]) if x else None,
             obs=read_elem(handle["obs"]),
-            var=var,
-            layers={k: read_elem(handle["layers"][k]) for k in layers},
+            var=var if keep is None else var.iloc[keep],
+            layers={k: read(handle["layers"][k]) for k in layers},
             obsm={k: read_elem(handle["obsm"][k]) for k in obsm},
             obsp={k: read_elem(handle["obsp"][k]) for k in obsp},
         )

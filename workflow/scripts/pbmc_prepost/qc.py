@@ -26,6 +26,15 @@ log = logging.getLogger(__name__)
 
 # Order in which failure reasons are listed in `fail_reason`.
 FAIL_REASONS = ["low_counts", "high_counts", "low_genes", "high_genes", "top20_outlier", "high_pct_mt", "doublet"]
+#: The threshold (key of :func:`metric_thresholds`) each metric filter applies, for the warnings.
+FILTER_THRESHOLDS = {
+    "low_counts": ("min_total_counts",),
+    "high_counts": ("max_total_counts",),
+    "low_genes": ("min_n_genes",),
+    "high_genes": ("max_n_genes",),
+    "top20_outlier": ("min_pct_top20", "max_pct_top20"),
+    "high_pct_mt": ("max_pct_mt",),
+}
 CELL_TABLE_COLUMNS = (
     "sample barcode total_counts n_genes pct_mt pct_ribo pct_hb pct_top20 doublet_score predicted_doublet qc_pass "
     "fail_reason"
@@ -100,6 +109,31 @@ def metric_failures(obs: pd.DataFrame, thresholds: dict[str, float]) -> pd.DataF
     )
 
 
+def filter_warnings(failures: pd.DataFrame, thresholds: dict[str, float], sample: str, max_share: float) -> list[str]:
+    """One warning per metric filter that alone removes more than ``max_share`` of the barcodes.
+
+    A filter that takes a large bite of one sample is usually a threshold that does not fit that
+    sample (a fixed mitochondrial ceiling in a high-baseline batch) or a broken sample; either way
+    the loss may differ between timepoints, so it is named (log, QC summary, report).
+    """
+    warnings = []
+    for reason, keys in FILTER_THRESHOLDS.items():
+        share = float(failures[reason].mean()) if len(failures) else 0.0
+        if share > max_share:
+            limits = ", ".join(f"{key} {thresholds[key]:.4g}" for key in keys)
+            warnings.append(f"{reason} removes {100 * share:.1f} % of barcodes ({limits})")
+            log.warning(
+                "%s: the %s filter alone removes %.1f %% of barcodes (%s), more than qc.warn_share_removed "
+                "%.0f %%: check that threshold for this sample (qc.sample_overrides)",
+                sample,
+                reason,
+                100 * share,
+                limits,
+                100 * max_share,
+            )
+    return warnings
+
+
 def call_doublets(adata: ad.AnnData, settings: QCSettings) -> tuple[pd.Series, pd.Series, float | None]:
     """Scrublet doublet scores and calls for the cells of one sample.
 
@@ -167,6 +201,7 @@ class SampleQC:
     """Result of :func:`run_sample_qc`."""
 
     filtered: ad.AnnData
+    removed: ad.AnnData  # the barcodes QC removed (raw counts), for the QC bias check
     cells: pd.DataFrame
     summary: dict
     obs: pd.DataFrame  # every barcode's metrics, for plotting
@@ -187,7 +222,8 @@ def run_sample_qc(adata: ad.AnnData, sample: str, settings: QCSettings) -> Sampl
     Returns
     -------
     SampleQC
-        ``filtered``: passing cells with raw counts in ``X``; ``cells``: one row per input barcode
+        ``filtered``: passing cells with raw counts in ``X``; ``removed``: the other barcodes, the
+        same way, with ``fail_reason`` in obs; ``cells``: one row per input barcode
         (columns :data:`CELL_TABLE_COLUMNS`); ``summary``: cells in/out, cells failing each filter
         and the thresholds used.
     """
@@ -196,6 +232,7 @@ def run_sample_qc(adata: ad.AnnData, sample: str, settings: QCSettings) -> Sampl
     obs = adata.obs
     thresholds = metric_thresholds(obs, settings)
     failures = metric_failures(obs, thresholds)
+    warnings = filter_warnings(failures, thresholds, sample, settings.warn_share_removed)
     metric_pass = ~failures.any(axis=1)
     passing = adata[metric_pass.to_numpy()]
     scores, calls, doublet_threshold = call_doublets(passing, settings)
@@ -234,6 +271,7 @@ def run_sample_qc(adata: ad.AnnData, sample: str, settings: QCSettings) -> Sampl
     summary.update({k: round(v, 4) for k, v in thresholds.items()})
     summary["doublet_score_threshold"] = round(doublet_threshold, 4) if doublet_threshold is not None else np.nan
     summary["expected_doublet_rate"] = settings.expected_doublet_rate
+    summary["qc_warning"] = "; ".join(warnings)
     log.info(
         "%s: %d barcodes in, %d pass (%s)",
         sample,
@@ -242,9 +280,6 @@ def run_sample_qc(adata: ad.AnnData, sample: str, settings: QCSettings) -> Sampl
         ", ".join(f"{r}={summary[f'failed_{r}']}" for r in FAIL_REASONS),
     )
 
-    filtered = adata[qc_pass.to_numpy()].copy()
-    filtered.obs["barcode"] = filtered.obs_names.astype(str)
-    filtered.obs_names = cell_key([sample] * filtered.n_obs, filtered.obs_names)
     keep_obs = [
         "barcode",
         "total_counts",
@@ -255,9 +290,25 @@ def run_sample_qc(adata: ad.AnnData, sample: str, settings: QCSettings) -> Sampl
         "pct_counts_in_top_20_genes",
         "doublet_score",
     ]
-    filtered.obs = filtered.obs[keep_obs].rename(columns={"n_genes_by_counts": "n_genes"})
-    filtered.var = filtered.var[[c for c in ("gene_ids", "mt", "ribo", "hb") if c in filtered.var]]
-    return SampleQC(filtered=filtered, cells=cells, summary=summary, obs=obs)
+    obs["fail_reason"] = fail_reason.to_numpy()
+    obs["sample"] = sample
+
+    def cells_of(mask: np.ndarray, columns: list[str]) -> ad.AnnData:
+        part = adata[mask].copy()
+        part.obs["barcode"] = part.obs_names.astype(str)
+        part.obs_names = cell_key([sample] * part.n_obs, part.obs_names)
+        part.obs = part.obs[columns].rename(columns={"n_genes_by_counts": "n_genes"})
+        part.var = part.var[[c for c in ("gene_ids", "mt", "ribo", "hb") if c in part.var]]
+        return part
+
+    kept = qc_pass.to_numpy()
+    return SampleQC(
+        filtered=cells_of(kept, keep_obs),
+        removed=cells_of(~kept, ["sample", *keep_obs, "fail_reason"]),
+        cells=cells,
+        summary=summary,
+        obs=obs,
+    )
 
 
 def combine_samples(
@@ -284,6 +335,10 @@ def combine_samples(
     )
     cells["fail_reason"] = cells["fail_reason"].fillna("")
     summary = pd.concat([read_tsv(path) for path in summaries], ignore_index=True)
+    if "qc_warning" in summary:
+        summary["qc_warning"] = summary["qc_warning"].fillna("")
+        for row in summary[summary["qc_warning"] != ""].itertuples():
+            log.warning("%s: %s", row.sample, row.qc_warning)
     meta = study.sample_meta()
     for column in reversed(study.meta_columns):
         summary.insert(1, column, summary["sample"].map(meta[column]))

@@ -48,6 +48,7 @@ class QCSettings(NamedTuple):
     max_pct_mt: float
     min_counts: int
     min_genes: int
+    warn_share_removed: float
     remove_doublets: bool
     doublet_call: str
     expected_doublet_rate: float
@@ -214,6 +215,21 @@ class CompositionSettings(NamedTuple):
         return cls(config["composition"]["transform"], config["composition"]["min_pairs"], study)
 
 
+class QCBiasSettings(NamedTuple):
+    """The check that QC removed each population alike at both timepoints (config ``qc``; pairs as
+    the composition test)."""
+
+    min_pairs: int
+    fdr: float
+    min_share_change: float
+    study: Study
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], study: Study) -> QCBiasSettings:
+        qc = config["qc"]
+        return cls(config["composition"]["min_pairs"], qc["bias_fdr"], qc["bias_min_share_change"], study)
+
+
 class DESettings(NamedTuple):
     """Paired pseudobulk differential expression (config ``de``).
 
@@ -342,6 +358,7 @@ class WorkflowSettings(NamedTuple):
     figures: FigureSettings
     annotation: AnnotationSettings
     composition: CompositionSettings
+    qc_bias: QCBiasSettings
     de: DESettings
     enrichment: EnrichmentSettings
     scores: ScoreSettings
@@ -363,6 +380,7 @@ def build_settings(config: Mapping[str, Any], study: Study) -> WorkflowSettings:
         figures=FigureSettings.from_config(config),
         annotation=AnnotationSettings.from_config(config),
         composition=CompositionSettings.from_config(config, study),
+        qc_bias=QCBiasSettings.from_config(config, study),
         de=DESettings.from_config(config),
         enrichment=EnrichmentSettings.from_config(config),
         scores=ScoreSettings.from_config(config),
