@@ -23,9 +23,15 @@ $(STAMP): requirements.lock
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
 
-# Everything, as CI runs it: the linters, then unit tests and whole-workflow runs.
+# Everything, as CI runs it: the linters, then unit tests and whole-workflow runs. The SLURM test
+# mostly waits for SLURM's status checks, so it runs beside the rest as a pytest process of its own
+# (its output follows at the end; one pytest session must not hold it, see README "Tests").
 test: lint
-	$(BIN)/python -m pytest
+	@$(BIN)/python -m pytest tests/test_slurm.py > .slurm-test.log 2>&1 & slurm=$$!; \
+	$(BIN)/python -m pytest --ignore=tests/test_slurm.py; rest=$$?; \
+	wait $$slurm; slurm_status=$$?; \
+	echo "---- tests/test_slurm.py (run beside the others) ----"; cat .slurm-test.log; \
+	test $$rest -eq 0 && test $$slurm_status -eq 0
 
 # Unit tests only (no whole-workflow run, no subprocess compile checks): a few minutes.
 test-fast: $(STAMP)
