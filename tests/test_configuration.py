@@ -55,7 +55,7 @@ def test_every_schema_key_has_a_description_and_default():
 
 def test_defaults_fill_a_minimal_config():
     validated = validate_config({"samples": "sheet.tsv"}, SCHEMA)
-    assert validated["qc"]["nmads_mt"] == 3 and validated["qc"]["max_pct_mt"] == 8
+    assert validated["qc"]["nmads_mt"] == 3 and validated["qc"]["max_pct_mt"] == 20
     assert validated["contrast"] == {"column": "timepoint", "reference": "pre", "treated": "post", "pair_by": "donor"}
     assert validated["hvg"]["flavor"] == "seurat_v3"
 
