@@ -71,6 +71,7 @@ def test_defaults_fill_a_minimal_config():
         ),
         (lambda c: c["hvg"].update(flavor="magic"), "hvg.flavor = 'magic' is not allowed"),
         (lambda c: c["qc"].update(nmads_typo=3), "unknown key(s) 'nmads_typo'"),
+        (lambda c: c["qc"].update(max_pct_mito=15), "did you mean 'max_pct_mt' for 'max_pct_mito'?"),
         (lambda c: c["clustering"].update(default_resolution=2.0), "clustering.default_resolution = 2.0 is not among"),
         (lambda c: c["integration"].update(method="harmony", key="timepoint"), "integrating on it would erase"),
         (lambda c: c["contrast"].update(treated="pre"), "contrast.reference and contrast.treated are both"),

@@ -7,6 +7,7 @@ problem at once here, each naming the config file, the key, the value and the fi
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,12 @@ def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
         allowed = sorted(error.schema.get("properties", {}))
         extra = [k for k in error.instance if k not in allowed] if isinstance(error.instance, dict) else []
         where = f"'{key}'" if error.absolute_path else "the top level"
+        guesses = {e: difflib.get_close_matches(str(e), allowed, n=1, cutoff=0.6) for e in extra}
+        meant = "; ".join(f"did you mean '{g[0]}' for '{e}'?" for e, g in guesses.items() if g)
         return (
             f"unknown key(s) {', '.join(repr(e) for e in extra)} in {where}. "
-            f"Fix: use one of {', '.join(allowed)} (spelling?)"
+            + (f"Fix: {meant} " if meant else "")
+            + f"Allowed: {', '.join(allowed)}"
         )
     if error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         bounds = {
