@@ -23,15 +23,18 @@ $(STAMP): requirements.lock
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
 
-# Everything, as CI runs it: the linters, then unit tests and whole-workflow runs. The SLURM test
-# mostly waits for SLURM's status checks, so it runs beside the rest as a pytest process of its own
-# (its output follows at the end; one pytest session must not hold it, see README "Tests").
+# Everything, as CI runs it: the linters, then unit tests and whole-workflow runs, as three pytest
+# processes side by side (one alone leaves a core idle: unit tests are single-threaded, and the
+# SLURM test mostly waits for SLURM's status checks; pytest-xdist cannot keep it on one worker).
+# The workflow tests print as they go; the other two logs follow at the end.
 test: lint
-	@$(BIN)/python -m pytest tests/test_slurm.py > .slurm-test.log 2>&1 & slurm=$$!; \
-	$(BIN)/python -m pytest --ignore=tests/test_slurm.py; rest=$$?; \
-	wait $$slurm; slurm_status=$$?; \
-	echo "---- tests/test_slurm.py (run beside the others) ----"; cat .slurm-test.log; \
-	test $$rest -eq 0 && test $$slurm_status -eq 0
+	@$(BIN)/python -m pytest tests/test_slurm.py > .test-slurm.log 2>&1 & slurm=$$!; \
+	$(BIN)/python -m pytest -m "not workflow" > .test-unit.log 2>&1 & unit=$$!; \
+	$(BIN)/python -m pytest -m workflow --ignore=tests/test_slurm.py; workflow=$$?; \
+	wait $$unit; unit_status=$$?; wait $$slurm; slurm_status=$$?; \
+	echo "---- unit tests (run beside the workflow tests) ----"; cat .test-unit.log; \
+	echo "---- tests/test_slurm.py (run beside the workflow tests) ----"; cat .test-slurm.log; \
+	test $$workflow -eq 0 && test $$unit_status -eq 0 && test $$slurm_status -eq 0
 
 # Unit tests only (no whole-workflow run, no subprocess compile checks): a few minutes.
 test-fast: $(STAMP)
