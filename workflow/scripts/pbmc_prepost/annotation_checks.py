@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from pbmc_prepost import InputError
 from pbmc_prepost.annotate import HOW_OVERRIDE, HOW_SPLIT
 from pbmc_prepost.marker_evidence import WEAK_MARGIN
+from pbmc_prepost.pseudobulk import group_indicator
 
 #: How clearly a defining marker must be enriched (and an excluding one depleted), as a ratio of
 #: detection rates: 1.5 is far below what a correct label shows on shallow 10x data (CD8A: 42 % of
@@ -79,7 +80,7 @@ class _Sums:
 
     def __init__(self, X: sp.csr_matrix, genes: list[str], groups: np.ndarray) -> None:
         codes, names = pd.factorize(np.asarray(groups, dtype=object))
-        indicator = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(len(names), len(codes)))
+        indicator = group_indicator(codes, len(names))
         self.position = {str(name): i for i, name in enumerate(names)}
         self.cells = np.bincount(codes, minlength=len(names)).astype(float)
         self.detected = np.asarray((indicator @ (X > 0).astype(np.float64)).todense())

@@ -14,6 +14,7 @@ import scipy.sparse as sp
 
 from pbmc_prepost import InputError
 from pbmc_prepost.marker_table import MarkerTable
+from pbmc_prepost.pseudobulk import group_indicator
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +151,7 @@ def group_detection(detected: sp.csr_matrix, groups: np.ndarray, genes: list[str
     """Share of each group's cells detecting each gene (groups x genes, groups sorted), from
     :func:`detected_matrix` rows aligned with ``groups``."""
     codes, names = pd.factorize(np.asarray(groups, dtype=object), sort=True)
-    indicator = sp.csr_matrix(
-        (np.ones(len(codes), dtype=np.float32), (codes, np.arange(len(codes)))), shape=(len(names), len(codes))
-    )
-    sums = np.asarray((indicator @ detected).todense())
+    sums = np.asarray((group_indicator(codes, len(names)) @ detected).todense())
     counts = np.bincount(codes, minlength=len(names)).astype(np.float64)
     return pd.DataFrame(sums / counts[:, None], index=pd.Index([str(n) for n in names]), columns=genes)
 

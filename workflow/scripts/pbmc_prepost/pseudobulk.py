@@ -143,6 +143,13 @@ def _pseudobulk_decoupler(
     return keys, X
 
 
+def group_indicator(codes: np.ndarray, n_groups: int) -> sp.csr_matrix:
+    """The (group x cell) 0/1 matrix of integer group ``codes``: times a (cell x gene) matrix it
+    sums the cells of each group (pseudobulks, marker detection per cluster)."""
+    codes = np.asarray(codes)
+    return sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n_groups, len(codes)))
+
+
 def _pseudobulk_indicator(
     counts: sp.csr_matrix, obs: pd.DataFrame, sample_col: str, group_col: str
 ) -> tuple[list[tuple[str, str]], np.ndarray]:
@@ -152,7 +159,7 @@ def _pseudobulk_indicator(
     """
     key = pd.MultiIndex.from_arrays([obs[sample_col], obs[group_col]])
     codes, uniques = pd.factorize(key, sort=True)
-    indicator = sp.csc_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(len(uniques), len(codes)))
+    indicator = group_indicator(codes, len(uniques)).tocsc()  # column blocks of cells
     X = np.zeros((len(uniques), counts.shape[1]))
     for start in range(0, counts.shape[0], _SUM_BLOCK_CELLS):
         stop = min(start + _SUM_BLOCK_CELLS, counts.shape[0])

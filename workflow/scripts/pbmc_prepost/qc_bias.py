@@ -21,6 +21,7 @@ from statsmodels.stats.multitest import multipletests
 
 from pbmc_prepost.composition import paired_pvalue, transform_proportions
 from pbmc_prepost.design import Contrast
+from pbmc_prepost.pseudobulk import group_indicator
 from pbmc_prepost.qc import FAIL_REASONS
 from pbmc_prepost.settings import QCBiasSettings
 
@@ -63,8 +64,8 @@ def label_removed_cells(
     if not evidence.any() or passing_counts.shape[0] == 0:
         return labels
     codes, types = pd.factorize(np.asarray(passing_labels, dtype=str))
-    indicator = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(len(types), len(codes)))
-    pooled = np.asarray((indicator @ sp.csr_matrix(passing_counts, dtype=np.float64)).todense()) + 0.5
+    summed = group_indicator(codes, len(types)) @ sp.csr_matrix(passing_counts, dtype=np.float64)
+    pooled = np.asarray(summed.todense()) + 0.5
     log_profile = np.log(pooled / pooled.sum(axis=1, keepdims=True))
     log_prior = np.log(np.bincount(codes, minlength=len(types)) / len(codes))
     likelihood = sp.csr_matrix(removed_counts[evidence], dtype=np.float64) @ log_profile.T + log_prior
