@@ -26,7 +26,9 @@ def leiden_key(resolution: float) -> str:
 
 def cluster(adata: ad.AnnData, settings: ClusterSettings) -> list[str]:
     """Leiden (igraph flavour) at every resolution; clusters numbered by size, largest = 0."""
-    import scanpy as sc  # here: the figure jobs import this module for leiden_key only
+    from pbmc_prepost.runtime import import_scanpy  # here: the figure jobs import this module for leiden_key only
+
+    sc = import_scanpy()
 
     keys = []
     for resolution in settings.resolutions:

@@ -64,7 +64,11 @@ def mad_bounds(values: np.ndarray, nmads: float) -> tuple[float, float]:
 
 def add_qc_metrics(adata: ad.AnnData, settings: QCSettings) -> None:
     """Add scanpy QC metrics (mito, ribo, hb, top-20 share) to ``obs`` in place."""
-    import scanpy as sc  # here, not at import: the Snakefile imports this module to build the DAG
+    # Here, not at import: the Snakefile imports this module to build the DAG. Through
+    # import_scanpy, so that the QC metrics' numba kernels are cached like Scrublet's.
+    from pbmc_prepost.runtime import import_scanpy
+
+    sc = import_scanpy()
 
     names = adata.var_names.to_series()
     adata.var["mt"] = names.str.contains(settings.mito_pattern, regex=True).to_numpy()
