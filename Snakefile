@@ -39,4 +39,5 @@ rule all:
         "results/enrichment/gsea.tsv",
         "results/enrichment/scores.tsv",
         "results/provenance/software_versions.tsv",
-        "results/figures/summary.png",
+        expand("results/figures/summary/{contrast}/study_summary.png", contrast=CONTRASTS),
+        "results/provenance/contrasts.tsv",

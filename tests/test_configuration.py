@@ -46,7 +46,8 @@ def test_every_schema_key_has_a_description_and_default():
     def walk(node, path):
         for key, sub in node.get("properties", {}).items():
             assert "description" in sub, f"{path}{key} has no description"
-            assert "default" in sub, f"{path}{key} has no default"
+            # The old `contrast` block has no default: its presence is what marks an old config.
+            assert "default" in sub or key == "contrast", f"{path}{key} has no default"
             if sub.get("type") == "object" and "properties" in sub and key != "sample_overrides":
                 walk(sub, f"{path}{key}.")
 
@@ -56,7 +57,8 @@ def test_every_schema_key_has_a_description_and_default():
 def test_defaults_fill_a_minimal_config():
     validated = validate_config({"samples": "sheet.tsv"}, SCHEMA)
     assert validated["qc"]["nmads_mt"] == 3 and validated["qc"]["max_pct_mt"] == 20
-    assert validated["contrast"] == {"column": "timepoint", "reference": "pre", "treated": "post", "pair_by": "donor"}
+    assert validated["design"] == {"column": "timepoint", "pair_by": "donor", "arm": None, "covariates": []}
+    assert validated["contrasts"] == [{"name": "post_vs_pre", "reference": "pre", "treated": "post"}]
     assert validated["hvg"]["flavor"] == "seurat_v3"
 
 
@@ -74,7 +76,7 @@ def test_defaults_fill_a_minimal_config():
         (lambda c: c["qc"].update(max_pct_mito=15), "did you mean 'max_pct_mt' for 'max_pct_mito'?"),
         (lambda c: c["clustering"].update(default_resolution=2.0), "clustering.default_resolution = 2.0 is not among"),
         (lambda c: c["integration"].update(method="harmony", key="timepoint"), "integrating on it would erase"),
-        (lambda c: c["contrast"].update(treated="pre"), "contrast.reference and contrast.treated are both"),
+        (lambda c: c["contrasts"][0].update(treated="pre"), "reference and treated are both 'pre'"),
         (lambda c: c["qc"].update(mito_pattern="^MT-("), "not a valid regular expression"),
         (
             lambda c: c["qc"]["sample_overrides"].update(D1_pre={"max_pct_mt": -3}),

@@ -43,9 +43,9 @@ pytestmark = pytest.mark.workflow
 REPORT = "report_browser.html"
 # The headline figures and the report category each must be found in.
 HEADLINE = {
-    "results/figures/summary.png": "0. Summary",
-    "results/figures/enrichment/heatmap_gsea.png": "6. Enrichment",
-    "results/figures/enrichment/donor_scores.png": "6. Enrichment",
+    "results/figures/summary/post_vs_pre/study_summary.png": "0. Summary",
+    "results/figures/enrichment/post_vs_pre/heatmap_gsea.png": "6. Enrichment",
+    "results/figures/enrichment/post_vs_pre/donor_scores.png": "6. Enrichment",
 }
 CATEGORIES = [
     "0. Summary",

@@ -456,10 +456,10 @@ def test_slurm_run_gives_the_local_clusters_and_umap(slurm_and_local_runs):
 
 def test_slurm_run_gives_the_local_de_tables(slurm_and_local_runs):
     local, slurm, _ = slurm_and_local_runs
-    names = sorted(p.name for p in (local / "results" / "de").glob("*.tsv"))
-    assert names == sorted(p.name for p in (slurm / "results" / "de").glob("*.tsv"))
+    names = sorted(p.name for p in (local / "results" / "de" / "post_vs_pre").glob("*.tsv"))
+    assert names and names == sorted(p.name for p in (slurm / "results" / "de" / "post_vs_pre").glob("*.tsv"))
     summary = pd.read_csv(local / "results" / "de" / "summary.tsv", sep="\t", keep_default_na=False)
     assert (summary["status"] == "tested").sum() >= 3
     for name in names:
-        if (local / "results" / "de" / name).stat().st_size:
-            assert_same_table(local / "results" / "de" / name, slurm / "results" / "de" / name)
+        if (local / "results" / "de" / "post_vs_pre" / name).stat().st_size:
+            assert_same_table(*(run / "results" / "de" / "post_vs_pre" / name for run in (local, slurm)))

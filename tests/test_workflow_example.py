@@ -199,7 +199,7 @@ def test_t_cell_share_rises_and_is_significant(example_run):
 
 
 def read_de(run, group):
-    return pd.read_csv(run / "results" / "de" / f"{group}.tsv", sep="\t").set_index("gene")
+    return pd.read_csv(run / "results" / "de" / "post_vs_pre" / f"{group}.tsv", sep="\t").set_index("gene")
 
 
 def test_paired_pseudobulk_de_finds_il7_pharmacodynamics_and_monocyte_shift(example_run):
@@ -232,11 +232,11 @@ def test_paired_pseudobulk_de_finds_il7_pharmacodynamics_and_monocyte_shift(exam
     )
     figures = example_run / "results" / "figures"
     for name in [
-        "de/volcano_CD4_T",
-        "de/paired_genes_CD8_T",
-        "de/summary",
+        "de/post_vs_pre/volcano_CD4_T",
+        "de/post_vs_pre/paired_genes_CD8_T",
+        "de/post_vs_pre/summary",
         "composition/bars_cell_type",
-        "composition/pairs_lineage",
+        "composition/post_vs_pre/pairs_lineage",
         "annotation/umap_cell_type",
         "annotation/marker_dotplot_by_cell_type",
     ]:
@@ -288,7 +288,7 @@ def test_enrichment_confirms_il7_pharmacology_and_the_monocyte_shift_only(exampl
     )
     il7 = scores[(scores["population"] == "CD4 T") & (scores["gene_set"] == "PD_IL7_STAT5_RESPONSE_UP")].iloc[0]
     assert il7["delta"] > 0 and il7["padj"] < 0.05 and il7["n_pairs"] == 5
-    for name in ["enrichment/heatmap_gsea", "enrichment/donor_scores"]:
+    for name in ["enrichment/post_vs_pre/heatmap_gsea", "enrichment/post_vs_pre/donor_scores"]:
         assert (example_run / "results" / "figures" / f"{name}.png").stat().st_size > 5000, name
 
 
@@ -307,3 +307,22 @@ def test_tables_are_byte_identical_to_the_record(example_run):
         f"tables differ from tests/data/example_tables.sha256: {changed}. A change meant to alter "
         "results records them again: python tools/table_hashes.py RUN --write tests/data/example_tables.sha256"
     )
+
+
+def test_old_contrast_block_gives_the_same_results(example_run, tmp_path):
+    """A config in the form before 0.7.0 (`contrast:` instead of `design:` + `contrasts:`) runs the
+    same jobs with the same parameters: Snakemake, which reruns a job when its params change, finds
+    nothing to do, and says which new keys to write."""
+    old = tmp_path / "old_config.yaml"
+    old.write_text("contrast:\n  column: timepoint\n  reference: pre\n  treated: post\n  pair_by: donor\n")
+    dry = run_snakemake(
+        example_run, "--configfile", str(old), "--config", f"samples={example_run / 'samples.tsv'}", "-n"
+    )
+    text = dry.stdout + dry.stderr
+    assert "Nothing to be done" in text
+    assert "the `contrast` block is the old form" in text and "contrasts: [{name: post_vs_pre" in text
+    contrasts = pd.read_csv(example_run / "results" / "provenance" / "contrasts.tsv", sep="\t")
+    assert contrasts.set_index("contrast").loc["post_vs_pre", ["n_donors", "status"]].tolist() == [5, "run"]
+    for table in ("de/summary.tsv", "composition/test.tsv", "enrichment/gsea.tsv", "enrichment/scores.tsv"):
+        frame = pd.read_csv(example_run / "results" / table, sep="\t", nrows=5)
+        assert frame.columns[0] == "contrast" and set(frame["contrast"]) == {"post_vs_pre"}, table

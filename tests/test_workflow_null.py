@@ -47,7 +47,7 @@ def test_null_data_give_almost_no_differential_genes(null_run):
     summary = pd.read_csv(workdir / "results" / "de" / "summary.tsv", sep="\t", keep_default_na=False)
     names = safe_names(summary["population"])
     for label in summary.loc[summary["status"] == "tested", "population"]:
-        table = pd.read_csv(workdir / "results" / "de" / f"{names[label]}.tsv", sep="\t")
+        table = pd.read_csv(workdir / "results" / "de" / "post_vs_pre" / f"{names[label]}.tsv", sep="\t")
         share = (table["padj"] < 0.05).mean()
         assert share <= 0.01, (label, share)
 

@@ -101,7 +101,7 @@ def test_small_samples_run_to_the_end_and_name_their_fallbacks(shallow_run):
     summary = pd.read_csv(folder / "results" / "de" / "summary.tsv", sep="\t", keep_default_na=False)
     tested = summary[summary["status"] == "tested"]
     assert len(tested) >= 3 and (tested["n_pairs"] <= shallow_run.n_donors).all()
-    assert (folder / "results" / "figures" / "summary.png").stat().st_size > 10_000
+    assert (folder / "results" / "figures" / "summary" / "post_vs_pre" / "study_summary.png").stat().st_size > 10_000
 
 
 def test_every_rule_ran_under_its_prefixed_name(shallow_run):

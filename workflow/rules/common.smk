@@ -16,9 +16,9 @@ sys.path.insert(0, str(PROJECT_DIR / "workflow" / "scripts"))
 
 from pbmc_prepost import InputError  # noqa: E402
 from pbmc_prepost.configuration import validate_config  # noqa: E402
-from pbmc_prepost.design import Contrast, Study  # noqa: E402
+from pbmc_prepost.design import Design, Study  # noqa: E402
 from pbmc_prepost.io import locate_mtx  # noqa: E402
-from pbmc_prepost.samplesheet import load_sample_sheet  # noqa: E402
+from pbmc_prepost.samplesheet import contrast_support, load_sample_sheet  # noqa: E402
 from pbmc_prepost.settings import build_settings  # noqa: E402
 
 # numba compiles scanpy/pynndescent/UMAP kernels on first use in every new process; a persistent
@@ -28,15 +28,52 @@ os.environ.setdefault("MPLCONFIGDIR", str(PROJECT_DIR / ".cache" / "matplotlib")
 
 ENV = "../../envs/analysis.yaml"
 
+CONFIG_WARNINGS = []
 try:
-    config.update(validate_config(config, PROJECT_DIR / "workflow" / "schemas" / "config.schema.yaml"))
-    CONTRAST = Contrast.from_config(config)
-    SHEET = load_sample_sheet(config["samples"], CONTRAST, config["extra_sample_columns"])
+    _validated = validate_config(
+        config, PROJECT_DIR / "workflow" / "schemas" / "config.schema.yaml", warnings=CONFIG_WARNINGS
+    )
+    # Replaced in place, in the schema's key order: the old `contrast` block is gone (converted into
+    # design/contrasts), and the same settings print the same way whatever file gave them.
+    config.clear()
+    config.update(_validated)
+    DESIGN = Design.from_config(config)
+    SHEET = load_sample_sheet(config["samples"], DESIGN, config["extra_sample_columns"])
 except InputError as error:
     raise WorkflowError(str(error)) from None
 
-for message in SHEET.warnings:
+for message in CONFIG_WARNINGS + SHEET.warnings:
     logger.warning(f"WARNING {message}")
+
+# What each contrast rests on; one with fewer complete donors per arm than de.min_pairs is skipped
+# (results/provenance/contrasts.tsv says why) and the others run. A one-arm contrast without any
+# donor pair keeps the unpaired fallback of every stage, as before; a two-arm one cannot.
+CONTRAST_SUPPORT = contrast_support(SHEET.samples, DESIGN)
+CONTRAST_SUPPORT["status"] = "run"
+CONTRAST_SUPPORT["reason"] = ""
+_two_arm = pd.Series([c.is_interaction for c in DESIGN.contrasts], index=CONTRAST_SUPPORT.index)
+_fewest = CONTRAST_SUPPORT["min_donors_per_arm"]
+_too_few = (_fewest < config["de"]["min_pairs"]) & ((_fewest > 0) | _two_arm)
+CONTRAST_SUPPORT.loc[_too_few, "status"] = "skipped"
+CONTRAST_SUPPORT.loc[_too_few, "reason"] = [
+    f"fewer complete donors per arm ({text}) than de.min_pairs {config['de']['min_pairs']}"
+    for text in CONTRAST_SUPPORT.loc[_too_few, "donors_per_arm"]
+]
+for row in CONTRAST_SUPPORT.itertuples():
+    if row.status == "skipped":
+        logger.warning(f"WARNING contrast {row.contrast} ({row.description}) is skipped: {row.reason}")
+    else:
+        logger.info(
+            f"contrast {row.contrast}: {row.description}; rests on {row.n_donors} donors ({row.donors_per_arm})"
+        )
+if _too_few.all():
+    raise WorkflowError(
+        f"{config['samples']}: no contrast rests on at least de.min_pairs = {config['de']['min_pairs']} complete "
+        "donors per arm. Fix: add the donors' missing samples, lower de.min_pairs, or check the contrasts' "
+        "levels and arms against the sheet."
+    )
+DESIGN = DESIGN.select(CONTRAST_SUPPORT.loc[~_too_few, "contrast"])
+CONTRASTS = DESIGN.names
 
 
 def project_path(path):
@@ -58,11 +95,12 @@ config["enrichment"]["set_metadata"] = project_path(config["enrichment"]["set_me
 SAMPLES = list(SHEET.samples.index)
 # Every rule family's settings, built once from the validated config and the sheet; each rule
 # passes its family's settings as its one `settings` parameter.
-SETTINGS = build_settings(config, Study.from_sheet(SHEET.samples, CONTRAST, config["extra_sample_columns"]))
+SETTINGS = build_settings(config, Study.from_sheet(SHEET.samples, DESIGN, config["extra_sample_columns"]))
 
 
 wildcard_constraints:
     sample="|".join(SAMPLES),
+    contrast="|".join(CONTRASTS),
 
 
 def sample_row(wildcards):
@@ -130,8 +168,32 @@ def de_population_files(wildcards):
 
 
 def de_summaries(wildcards):
-    return expand("results/de/per_population/{population}.summary.tsv", population=de_population_files(wildcards))
+    return expand(
+        "results/de/per_population/{contrast}/{population}.summary.tsv",
+        contrast=CONTRASTS,
+        population=de_population_files(wildcards),
+    )
 
 
 def de_tables(wildcards):
-    return expand("results/de/{population}.tsv", population=de_population_files(wildcards))
+    return expand(
+        "results/de/{contrast}/{population}.tsv", contrast=CONTRASTS, population=de_population_files(wildcards)
+    )
+
+
+def per_contrast(pattern, caption=None, category=None, labels=None):
+    """One path per contrast (config order), other wildcards kept; with a caption, each path is in
+    the report under its contrast's subcategory, with a ``contrast`` label."""
+    paths = []
+    for name in CONTRASTS:
+        path = pattern.replace("{contrast}", name)
+        if caption is not None:
+            path = report(
+                path,
+                caption=caption,
+                category=category,
+                subcategory=name,
+                labels={"contrast": name, **(labels or {})},
+            )
+        paths.append(path)
+    return paths

@@ -1,4 +1,4 @@
-# Composition: cells per sample and population, and a paired test of each population's share.
+# Composition: cells per sample and population, and each contrast's test of each population's share.
 
 
 rule compare_composition:
@@ -23,10 +23,20 @@ rule compare_composition:
         bars_lineage_pdf="results/figures/composition/bars_lineage.pdf",
         bars_cell_type_png=composition_figure("cell_type", "bars", "composition_bars.rst"),
         bars_cell_type_pdf="results/figures/composition/bars_cell_type.pdf",
-        pairs_lineage_png=composition_figure("lineage", "pairs", "composition_pairs.rst"),
-        pairs_lineage_pdf="results/figures/composition/pairs_lineage.pdf",
-        pairs_cell_type_png=composition_figure("cell_type", "pairs", "composition_pairs.rst"),
-        pairs_cell_type_pdf="results/figures/composition/pairs_cell_type.pdf",
+        pairs_lineage_png=per_contrast(
+            "results/figures/composition/{contrast}/pairs_lineage.png",
+            caption="../report/composition_pairs.rst",
+            category="4. Composition",
+            labels={"level": "lineage", "type": "figure", "result": "per-donor proportions"},
+        ),
+        pairs_lineage_pdf=per_contrast("results/figures/composition/{contrast}/pairs_lineage.pdf"),
+        pairs_cell_type_png=per_contrast(
+            "results/figures/composition/{contrast}/pairs_cell_type.png",
+            caption="../report/composition_pairs.rst",
+            category="4. Composition",
+            labels={"level": "cell_type", "type": "figure", "result": "per-donor proportions"},
+        ),
+        pairs_cell_type_pdf=per_contrast("results/figures/composition/{contrast}/pairs_cell_type.pdf"),
     log:
         "logs/compare_composition.log",
     conda:

@@ -1,4 +1,4 @@
-# Paired pseudobulk differential expression, treated vs reference, one job per population.
+# Pseudobulk differential expression of every contrast, one job per population (all contrasts).
 # The populations are known only once cells are annotated, hence the checkpoint.
 
 
@@ -34,30 +34,27 @@ rule fit_de:
         h5ad="results/de/pseudobulk/pseudobulk.h5ad",
         populations="results/de/pseudobulk/populations.tsv",
     output:
-        table=report(
-            "results/de/{population}.tsv",
+        tables=per_contrast(
+            "results/de/{contrast}/{population}.tsv",
             caption="../report/de_table.rst",
             category="5. Differential expression",
-            subcategory="{population}",
             labels={"population": "{population}", "type": "table", "result": "DE results"},
         ),
-        summary="results/de/per_population/{population}.summary.tsv",
-        volcano_png=report(
-            "results/figures/de/volcano_{population}.png",
+        summaries=per_contrast("results/de/per_population/{contrast}/{population}.summary.tsv"),
+        volcano_png=per_contrast(
+            "results/figures/de/{contrast}/volcano_{population}.png",
             caption="../report/de_volcano.rst",
             category="5. Differential expression",
-            subcategory="{population}",
             labels={"population": "{population}", "type": "figure", "result": "volcano"},
         ),
-        volcano_pdf="results/figures/de/volcano_{population}.pdf",
-        paired_png=report(
-            "results/figures/de/paired_genes_{population}.png",
+        volcano_pdf=per_contrast("results/figures/de/{contrast}/volcano_{population}.pdf"),
+        paired_png=per_contrast(
+            "results/figures/de/{contrast}/paired_genes_{population}.png",
             caption="../report/de_paired_genes.rst",
             category="5. Differential expression",
-            subcategory="{population}",
             labels={"population": "{population}", "type": "figure", "result": "headline genes per donor"},
         ),
-        paired_pdf="results/figures/de/paired_genes_{population}.pdf",
+        paired_pdf=per_contrast("results/figures/de/{contrast}/paired_genes_{population}.pdf"),
     log:
         "logs/fit_de/{population}.log",
     benchmark:
@@ -86,14 +83,13 @@ rule summarize_de:
             subcategory="Overview",
             labels={"type": "table", "result": "DE summary"},
         ),
-        png=report(
-            "results/figures/de/summary.png",
+        png=per_contrast(
+            "results/figures/de/{contrast}/summary.png",
             caption="../report/de_counts.rst",
             category="5. Differential expression",
-            subcategory="Overview",
             labels={"type": "figure", "result": "genes up and down per population"},
         ),
-        pdf="results/figures/de/summary.pdf",
+        pdf=per_contrast("results/figures/de/{contrast}/summary.pdf"),
     log:
         "logs/summarize_de.log",
     conda:

@@ -1,4 +1,4 @@
-# Gene-set enrichment of the paired DE (GSEA prerank, ORA up/down) and donor-level module scores.
+# Gene-set enrichment of every contrast's DE (GSEA prerank, ORA up/down) and donor-level module scores.
 
 
 rule enrich_de:
@@ -23,13 +23,13 @@ rule enrich_de:
             category="6. Enrichment",
             labels={"type": "table", "result": "ORA"},
         ),
-        heatmap_png=report(
-            "results/figures/enrichment/heatmap_gsea.png",
+        heatmap_png=per_contrast(
+            "results/figures/enrichment/{contrast}/heatmap_gsea.png",
             caption="../report/enrichment_heatmap.rst",
             category="6. Enrichment",
             labels={"type": "figure", "result": "GSEA heatmap (headline)"},
         ),
-        heatmap_pdf="results/figures/enrichment/heatmap_gsea.pdf",
+        heatmap_pdf=per_contrast("results/figures/enrichment/{contrast}/heatmap_gsea.pdf"),
     log:
         "logs/enrich_de.log",
     benchmark:
@@ -61,13 +61,13 @@ rule score_gene_sets:
             labels={"type": "table", "result": "paired module-score test"},
         ),
         donor_scores="results/enrichment/donor_scores.tsv",
-        lines_png=report(
-            "results/figures/enrichment/donor_scores.png",
+        lines_png=per_contrast(
+            "results/figures/enrichment/{contrast}/donor_scores.png",
             caption="../report/enrichment_donor_scores.rst",
             category="6. Enrichment",
             labels={"type": "figure", "result": "module scores per donor (headline)"},
         ),
-        lines_pdf="results/figures/enrichment/donor_scores.pdf",
+        lines_pdf=per_contrast("results/figures/enrichment/{contrast}/donor_scores.pdf"),
     log:
         "logs/score_gene_sets.log",
     benchmark:

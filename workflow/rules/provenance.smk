@@ -39,6 +39,12 @@ rule record_provenance:
             category="7. Provenance",
             labels={"type": "table", "result": "fallbacks"},
         ),
+        contrasts=report(
+            "results/provenance/contrasts.tsv",
+            caption="../report/provenance_contrasts.rst",
+            category="7. Provenance",
+            labels={"type": "table", "result": "contrasts"},
+        ),
     log:
         "logs/record_provenance.log",
     conda:
@@ -49,6 +55,7 @@ rule record_provenance:
         runtime=runtime_min(5),
     params:
         config=config,
+        contrasts=CONTRAST_SUPPORT.to_dict("list"),
     script:
         "../scripts/record_provenance.py"
 
@@ -61,13 +68,13 @@ rule summarize_study:
         scores="results/enrichment/scores.tsv",
         gsea="results/enrichment/gsea.tsv",
     output:
-        png=report(
-            "results/figures/summary.png",
+        png=per_contrast(
+            "results/figures/summary/{contrast}/study_summary.png",
             caption="../report/study_summary.rst",
             category="0. Summary",
             labels={"type": "figure", "result": "study summary (headline)"},
         ),
-        pdf="results/figures/summary.pdf",
+        pdf=per_contrast("results/figures/summary/{contrast}/study_summary.pdf"),
     log:
         "logs/summarize_study.log",
     conda:

@@ -16,8 +16,12 @@ qc_notes = qc_bias.bias_notes(read_tsv(smk.input.qc_bias), settings.study.contra
 proportions, tests = composition.composition_tables(cells, settings, notes, qc_notes)
 write_tsv(proportions, smk.output.proportions, FLOAT_FORMAT)
 write_tsv(tests, smk.output.test, FLOAT_FORMAT)
-figures = {
-    name: [smk.output[f"{name}_png"], smk.output[f"{name}_pdf"]]
-    for name in ("bars_lineage", "bars_cell_type", "pairs_lineage", "pairs_cell_type")
-}
-composition_figures(proportions, tests, settings.study.contrast, figures)
+contrasts = settings.study.contrasts
+figures = {name: [smk.output[f"{name}_png"], smk.output[f"{name}_pdf"]] for name in ("bars_lineage", "bars_cell_type")}
+for level in composition.LEVELS:
+    for i, contrast in enumerate(contrasts):
+        figures[f"pairs_{level}_{contrast.name}"] = [
+            smk.output[f"pairs_{level}_png"][i],
+            smk.output[f"pairs_{level}_pdf"][i],
+        ]
+composition_figures(proportions, tests, contrasts, figures)

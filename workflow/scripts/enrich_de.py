@@ -17,7 +17,7 @@ library = read_gene_sets(smk.input.gmt, smk.input.set_metadata or None)
 summary = read_tsv(smk.input.summary, keep_default_na=False)
 tables = de.read_population_tables(summary, smk.input.tables)
 notes = population_notes(read_tsv(smk.input.clusters, dtype=str, keep_default_na=False), settings.level)
-enriched, ora = gsea.enrich_populations(
+enriched, ora = gsea.enrich_contrasts(
     tables,
     summary,
     ad.read_h5ad(smk.input.pseudobulk),
@@ -29,4 +29,11 @@ enriched, ora = gsea.enrich_populations(
 )
 write_tsv(enriched, smk.output.gsea, FLOAT_FORMAT)
 write_tsv(ora, smk.output.ora, FLOAT_FORMAT)
-confirmed_calls_heatmap(enriched, library.meta, summary, [smk.output.heatmap_png, smk.output.heatmap_pdf])
+for i, contrast in enumerate(settings.contrasts):
+    confirmed_calls_heatmap(
+        enriched[enriched["contrast"] == contrast.name].drop(columns="contrast"),
+        library.meta,
+        summary[summary["contrast"] == contrast.name],
+        [smk.output.heatmap_png[i], smk.output.heatmap_pdf[i]],
+        title=contrast.describe(),
+    )

@@ -2,6 +2,8 @@
 
 import shutil
 
+import pandas as pd
+
 from pbmc_prepost import provenance
 from pbmc_prepost.runtime import start_job
 from pbmc_prepost.tables import read_tsv, write_tsv
@@ -17,3 +19,4 @@ recorded = {
     for name in ("qc_summary", "hvg_batches", "markers_untested")
 }
 write_tsv(provenance.fallbacks(**recorded), smk.output.fallbacks)
+write_tsv(pd.DataFrame(smk.params.contrasts), smk.output.contrasts)

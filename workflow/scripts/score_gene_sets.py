@@ -18,4 +18,7 @@ notes = population_notes(read_tsv(smk.input.clusters, dtype=str, keep_default_na
 scores, test = module_scores.score_populations(adata, library, settings, notes)
 write_tsv(scores, smk.output.donor_scores, FLOAT_FORMAT)
 write_tsv(test, smk.output.scores, FLOAT_FORMAT)
-headline_score_lines(scores, test, library, settings, [smk.output.lines_png, smk.output.lines_pdf])
+for i, contrast in enumerate(settings.contrasts):
+    own = test[test["contrast"] == contrast.name].drop(columns="contrast")
+    paths = [smk.output.lines_png[i], smk.output.lines_pdf[i]]
+    headline_score_lines(scores, own, library, settings._replace(contrast=contrast), paths)

@@ -1,4 +1,4 @@
-"""Snakemake adapter: the one-page study summary figure."""
+"""Snakemake adapter: the one-page study summary figure of every contrast."""
 
 from pbmc_prepost.plots.summary import study_summary_figure
 from pbmc_prepost.runtime import start_job
@@ -8,13 +8,15 @@ smk = snakemake  # noqa: F821
 settings = smk.params.settings
 log = start_job(smk.log[0])
 tables = {name: read_tsv(path, keep_default_na=False, na_values=[""]) for name, path in smk.input.items()}
-study_summary_figure(
-    tables["proportions"],
-    tables["composition"],
-    tables["donor_scores"],
-    tables["scores"],
-    tables["gsea"],
-    settings.headline,
-    settings.contrast,
-    [smk.output.png, smk.output.pdf],
-)
+for i, contrast in enumerate(settings.contrasts):
+    own = {name: tables[name][tables[name]["contrast"] == contrast.name] for name in ("composition", "scores", "gsea")}
+    study_summary_figure(
+        tables["proportions"],
+        own["composition"],
+        tables["donor_scores"],
+        own["scores"],
+        own["gsea"],
+        settings.headline,
+        contrast,
+        [smk.output.png[i], smk.output.pdf[i]],
+    )

@@ -324,6 +324,109 @@ def paired_composition_test(
     return result.sort_values(["pvalue", "population"], na_position="last", kind="mergesort").reset_index(drop=True)
 
 
+def between_arm_composition_test(
+    props: pd.DataFrame,
+    contrast: Contrast,
+    sample_meta: pd.DataFrame,
+    transform: str = "logit",
+    min_pairs: int = 3,
+) -> pd.DataFrame:
+    """Difference of changes of each population's share between two arms.
+
+    Each donor's change in transformed proportion (treated minus reference) is compared between
+    ``contrast.arm`` and ``contrast.versus_arm`` (:func:`pbmc_prepost.arms.compare_changes`, with
+    the donor-level covariates); Benjamini-Hochberg over the populations.
+
+    Parameters
+    ----------
+    props
+        :func:`cell_counts` of every sample.
+    contrast
+        A two-arm contrast.
+    sample_meta
+        Indexed by sample: the arm column and the covariates.
+    transform, min_pairs
+        As :func:`paired_composition_test` (``min_pairs`` per arm).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns of :func:`paired_composition_test` (``mean_<level>`` over both arms' donors,
+        ``log2_ratio`` the arm's log2 ratio of mean proportions minus the control arm's) plus
+        ``change_arm``, ``change_versus_arm`` (mean change of the transformed share per arm) and
+        ``difference`` (their difference, adjusted for covariates).
+    """
+    from pbmc_prepost import arms
+
+    ref, trt = contrast.reference, contrast.treated
+    mean_ref, mean_trt = f"mean_{ref}", f"mean_{trt}"
+    table = props[props["n_cells"].groupby(props["sample"]).transform("sum") > 0].copy()
+    table[contrast.arm_column] = table["sample"].map(sample_meta[contrast.arm_column].astype(str))
+    table = table[contrast.sample_mask(table)]
+    totals = table.groupby("sample")["n_cells"].transform("sum").to_numpy(dtype=float)
+    table["y"] = transform_proportions(table["n_cells"].to_numpy(dtype=float), totals, transform)
+    covariates = arms.donor_covariates(sample_meta, contrast)
+    rows = []
+    for population, part in table.groupby("population", sort=True):
+        changes = arms.donor_changes(part, contrast, "y")
+        result = arms.compare_changes(changes, contrast, min_pairs, covariates)
+        donors = changes.index
+        used = part[part[contrast.pair_by].astype(str).isin(donors)]
+        by = used.groupby([contrast.arm_column, contrast.column])["proportion"].mean()
+
+        def ratio(arm: str, by: pd.Series = by) -> float:
+            treated = by.get((arm, trt), np.nan) + PSEUDO_PROPORTION
+            return float(np.log2(treated / (by.get((arm, ref), np.nan) + PSEUDO_PROPORTION)))
+
+        notes = [result["note"]]
+        if part["n_cells"].sum() == 0:
+            notes.append("no cells of this type in the compared samples")
+            result["pvalue"] = math.nan
+        notes.append(RELATIVE_NOTE)
+        rows.append(
+            {
+                "population": population,
+                "n_pairs": len(donors),
+                mean_ref: float(used.loc[used[contrast.column] == ref, "proportion"].mean()),
+                mean_trt: float(used.loc[used[contrast.column] == trt, "proportion"].mean()),
+                "log2_ratio": ratio(contrast.arm) - ratio(contrast.versus_arm),
+                "pvalue": result["pvalue"],
+                "padj": math.nan,
+                "test": (
+                    f"difference of changes: {TRANSFORMS[transform]} share, donors' changes "
+                    f"{contrast.arm} vs {contrast.versus_arm}"
+                ),
+                "note": "; ".join(n for n in notes if n),
+                "change_arm": result["change_arm"],
+                "change_versus_arm": result["change_versus_arm"],
+                "difference": result["difference"],
+            }
+        )
+    result = pd.DataFrame(rows)
+    if result.empty:
+        return result
+    result["n_pairs"] = result["n_pairs"].astype(np.int64)
+    tested = result["pvalue"].notna().to_numpy()
+    if tested.any():
+        result.loc[tested, "padj"] = multipletests(result.loc[tested, "pvalue"], method="fdr_bh")[1]
+    return result.sort_values(["pvalue", "population"], na_position="last", kind="mergesort").reset_index(drop=True)
+
+
+def contrast_composition_test(
+    props: pd.DataFrame, contrast: Contrast, sample_meta: pd.DataFrame, transform: str, min_pairs: int
+) -> pd.DataFrame:
+    """The composition test of one contrast on its own samples: paired within an arm (or over every
+    donor), or the difference of changes between two arms."""
+    if contrast.is_interaction:
+        return between_arm_composition_test(props, contrast, sample_meta, transform, min_pairs)
+    samples = sample_meta.index[contrast.sample_mask(sample_meta)] if contrast.arms else sample_meta.index
+    own = props[props["sample"].isin(samples)] if contrast.arms else props
+    test = paired_composition_test(own, contrast, transform, min_pairs)
+    if contrast.arm is not None:
+        test["note"] = [f"donors of arm {contrast.arm} only; {note}" for note in test["note"]]
+    return test
+
+
 #: Annotation levels whose composition is tested: lineages, then subsets.
 LEVELS = ("lineage", "cell_type")
 
@@ -331,14 +434,14 @@ LEVELS = ("lineage", "cell_type")
 def composition_tables(
     cells: pd.DataFrame, settings: CompositionSettings, *population_notes: dict[str, dict[str, str]]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Proportions and paired tests at every level of :data:`LEVELS`.
+    """Proportions and the tests of every contrast at every level of :data:`LEVELS`.
 
     Parameters
     ----------
     cells
         One row per annotated cell: ``sample`` and one column per level.
     settings
-        Transform, ``min_pairs`` and the study (contrast and sample metadata).
+        Transform, ``min_pairs`` and the study (contrasts and sample metadata).
     population_notes
         Level -> population -> note, appended to the population's ``note``: a flagged annotation
         (:func:`pbmc_prepost.annotation_checks.population_notes`), a QC removal rate that differs
@@ -347,25 +450,33 @@ def composition_tables(
     Returns
     -------
     proportions, tests
-        :func:`cell_counts` and :func:`paired_composition_test` of every level stacked, with a
-        ``level`` column first.
+        :func:`cell_counts` of every level stacked with a ``level`` column first (plus the arm
+        column when the design has one); the :func:`contrast_composition_test` of every contrast
+        and level stacked, with ``contrast`` and ``level`` first.
     """
-    contrast, meta = settings.study.contrast, settings.study.sample_meta()
+    study, meta = settings.study, settings.study.sample_meta()
+    design = study.design
     proportions, tests = [], []
     for level in LEVELS:
-        props = cell_counts(cells, level, meta, contrast)
-        test = paired_composition_test(props, contrast, settings.transform, settings.min_pairs)
-        for notes in population_notes:
-            extra = notes.get(level, {})
-            test["note"] = [
-                f"{note}; {extra[p]}" if p in extra else note for p, note in zip(test["population"], test["note"])
-            ]
-        log.info("%s composition:\n%s", level, test.to_string(index=False))
+        props = cell_counts(cells, level, meta, study.contrast)
+        for contrast in study.contrasts:
+            test = contrast_composition_test(props, contrast, meta, settings.transform, settings.min_pairs)
+            for notes in population_notes:
+                extra = notes.get(level, {})
+                test["note"] = [
+                    f"{note}; {extra[p]}" if p in extra else note for p, note in zip(test["population"], test["note"])
+                ]
+            log.info("%s, %s composition:\n%s", contrast.name, level, test.to_string(index=False))
+            tests.append(test.assign(level=level, contrast=contrast.name))
+        if design.arm and design.arm in meta.columns:
+            props[design.arm] = props["sample"].map(meta[design.arm].astype(str))
         proportions.append(props.assign(level=level))
-        tests.append(test.assign(level=level))
 
-    def level_first(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    def first(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
         frame = pd.concat(frames, ignore_index=True)
-        return frame[["level", *[c for c in frame.columns if c != "level"]]]
+        return frame[[*columns, *[c for c in frame.columns if c not in columns]]]
 
-    return level_first(proportions), level_first(tests)
+    tests = first(tests, ["contrast", "level"])
+    order = {name: i for i, name in enumerate(design.names)}
+    tests = tests.iloc[np.argsort(tests["contrast"].map(order).to_numpy(), kind="stable")].reset_index(drop=True)
+    return first(proportions, ["level"]), tests

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,20 @@ def _fill_defaults(schema: dict, config: dict) -> None:
             config[key] = copy.deepcopy(sub["default"])
         if sub.get("type") == "object" and isinstance(config.get(key), dict):
             _fill_defaults(sub, config[key])
+
+
+def _schema_order(schema: dict, config: dict) -> dict:
+    """``config`` with its keys in the schema's order (recursively), whatever order the config files
+    gave them in: Snakemake compares a rule's params by their text, so the same settings must
+    always print the same way."""
+    properties = schema.get("properties", {})
+    ordered = {}
+    for key in [*properties, *(k for k in config if k not in properties)]:
+        if key not in config:
+            continue
+        value, sub = config[key], properties.get(key, {})
+        ordered[key] = _schema_order(sub, value) if isinstance(value, dict) and "properties" in sub else value
+    return ordered
 
 
 def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
@@ -56,7 +71,10 @@ def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
 
 
 def validate_config(
-    config: dict[str, Any], schema_path: str | Path, source: str = "config/config.yaml"
+    config: dict[str, Any],
+    schema_path: str | Path,
+    source: str = "config/config.yaml",
+    warnings: list[str] | None = None,
 ) -> dict[str, Any]:
     """Check ``config`` and return a copy with every default filled in.
 
@@ -68,6 +86,8 @@ def validate_config(
         ``workflow/schemas/config.schema.yaml``.
     source
         Name of the config file for messages.
+    warnings
+        When given, messages that do not stop the run are appended (the old ``contrast`` block).
 
     Raises
     ------
@@ -76,6 +96,7 @@ def validate_config(
     """
     schema = yaml.safe_load(Path(schema_path).read_text())
     config = copy.deepcopy(dict(config))
+    warnings = [] if warnings is None else warnings
     validator = jsonschema.Draft202012Validator(schema)
     problems = [
         f"{source}: {_describe(e, schema)}."
@@ -95,18 +116,10 @@ def validate_config(
             f"{source}: annotation.resolution = {config['annotation']['resolution']} is not among "
             f"clustering.resolutions {clustering['resolutions']}. Fix: add it to the list or pick one of them."
         )
-    contrast = config["contrast"]
-    if contrast["reference"] == contrast["treated"]:
-        problems.append(
-            f"{source}: contrast.reference and contrast.treated are both {contrast['reference']!r}. "
-            "Fix: name two different levels of the contrast column."
-        )
-    if contrast["column"] == contrast["pair_by"]:
-        problems.append(
-            f"{source}: contrast.column and contrast.pair_by are both {contrast['column']!r}. "
-            "Fix: pair_by must be the patient/donor column."
-        )
-    if config["integration"]["method"] != "none" and config["integration"]["key"] in (contrast["column"], "timepoint"):
+    _resolve_old_contrast(config, schema, source, warnings)
+    _check_design(config, source, problems)
+    design = config["design"]
+    if config["integration"]["method"] != "none" and config["integration"]["key"] in (design["column"], "timepoint"):
         problems.append(
             f"{source}: integration.key = {config['integration']['key']!r} is the treatment contrast; "
             "integrating on it would erase the effect under test. Fix: use a technical batch column (batch)."
@@ -122,7 +135,7 @@ def validate_config(
         _check_regex(pattern, f"hvg.exclude_patterns[{i}]", source, problems)
     if problems:
         raise InputError("invalid configuration:\n" + "\n".join(problems))
-    return config
+    return _schema_order(schema, config)
 
 
 def _check_regex(pattern: str, key: str, source: str, problems: list[str]) -> None:
@@ -132,3 +145,93 @@ def _check_regex(pattern: str, key: str, source: str, problems: list[str]) -> No
         re.compile(pattern)
     except re.error as exc:
         problems.append(f"{source}: {key} = {pattern!r} is not a valid regular expression ({exc}). Fix: correct it.")
+
+
+def _resolve_old_contrast(config: dict, schema: dict, source: str, warnings: list[str]) -> None:
+    """Read the old one-contrast block ``contrast: {column, reference, treated, pair_by}``.
+
+    It becomes ``design.column``/``pair_by`` and one contrast ``<treated>_vs_<reference>``, except
+    where the config sets ``design`` or ``contrasts`` to something other than their defaults (for
+    example in a second ``--configfile``): what is set explicitly wins.
+    """
+    old = config.pop("contrast", None)
+    if old is None:
+        return
+    defaults = schema["properties"]
+    design_default = {k: v.get("default") for k, v in defaults["design"]["properties"].items()}
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{old['treated']}_vs_{old['reference']}").strip("_") or "contrast"
+    converted = [{"name": name, "reference": old["reference"], "treated": old["treated"]}]
+    used = []
+    for key in ("column", "pair_by"):
+        if config["design"][key] == design_default[key]:
+            config["design"][key] = old[key]
+            used.append(f"design.{key}")
+    if config["contrasts"] == defaults["contrasts"]["default"]:
+        config["contrasts"] = converted
+        used.append("contrasts")
+    warnings.append(
+        f"{source}: the `contrast` block is the old form of the design (read as "
+        f"{', '.join(used) or 'nothing: design and contrasts are set'}). Fix: write "
+        f"`design: {{column: {old['column']}, pair_by: {old['pair_by']}}}` and "
+        f"`contrasts: [{{name: {name}, reference: {old['reference']}, treated: {old['treated']}}}]` instead"
+    )
+
+
+#: Folder names under results/de/ that a contrast may not take.
+RESERVED_CONTRAST_NAMES = ("pseudobulk", "per_population", "summary")
+
+
+def _check_design(config: dict, source: str, problems: list[str]) -> None:
+    """Cross-key rules of ``design`` and ``contrasts`` (the sheet's values are checked with the sheet)."""
+    design = config["design"]
+    if design["column"] == design["pair_by"]:
+        problems.append(
+            f"{source}: design.column and design.pair_by are both {design['column']!r}. "
+            "Fix: pair_by must be the patient/donor column."
+        )
+    special = {"design.column": design["column"], "design.pair_by": design["pair_by"], "design.arm": design["arm"]}
+    for i, covariate in enumerate(design["covariates"]):
+        clash = [k for k, v in special.items() if v == covariate]
+        if clash:
+            problems.append(
+                f"{source}: design.covariates[{i}] = {covariate!r} is also {clash[0]}. "
+                "Fix: list only other sheet columns as covariates."
+            )
+    if design["arm"] is not None and design["arm"] in (design["column"], design["pair_by"]):
+        problems.append(
+            f"{source}: design.arm = {design['arm']!r} is also the timepoint or patient column. "
+            "Fix: name the sheet column that holds each donor's arm."
+        )
+    seen: dict[str, int] = {}
+    for i, contrast in enumerate(config["contrasts"]):
+        key = f"contrasts[{i}] ({contrast['name']})"
+        if contrast["name"] in seen:
+            problems.append(
+                f"{source}: {key}: the name is also used by contrasts[{seen[contrast['name']]}]. "
+                "Fix: give every contrast its own name (it names the output folders)."
+            )
+        seen.setdefault(contrast["name"], i)
+        if contrast["name"] in RESERVED_CONTRAST_NAMES:
+            problems.append(
+                f"{source}: {key}: the name is reserved (results/de/{contrast['name']}/ holds other outputs). "
+                "Fix: choose another name, e.g. post_vs_pre."
+            )
+        if str(contrast["reference"]) == str(contrast["treated"]):
+            problems.append(
+                f"{source}: {key}: reference and treated are both {contrast['reference']!r}. "
+                f"Fix: name two different levels of {design['column']}."
+            )
+        if contrast.get("arm") is not None and design["arm"] is None:
+            problems.append(
+                f"{source}: {key} names arm {contrast['arm']!r} but design.arm is not set. "
+                "Fix: set design.arm to the sheet column that holds each donor's arm."
+            )
+        if contrast.get("versus_arm") is not None and contrast.get("arm") is None:
+            problems.append(
+                f"{source}: {key} names versus_arm {contrast['versus_arm']!r} without arm. "
+                "Fix: add `arm:` (the treated arm) to this contrast."
+            )
+        if contrast.get("versus_arm") is not None and str(contrast["versus_arm"]) == str(contrast.get("arm")):
+            problems.append(
+                f"{source}: {key}: arm and versus_arm are both {contrast['arm']!r}. Fix: name two different arms."
+            )

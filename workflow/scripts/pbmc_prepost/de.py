@@ -62,6 +62,13 @@ class DesignChoice:
         Clean column name -> original column name, for every column in the formula.
     df_residual
         Samples minus rank of the design matrix.
+    tested
+        (clean column, treated level, reference level) of the coefficient tested.
+    derived
+        Clean name -> values (indexed like the rows) of columns built here, not read from obs: the
+        arm x time indicator of a difference of changes.
+    numeric
+        Clean names of covariates entered as numbers (one slope), not as factors.
     """
 
     formula: str
@@ -73,6 +80,9 @@ class DesignChoice:
     excluded_donors: list[str] = field(default_factory=list)
     columns: dict[str, str] = field(default_factory=dict)
     df_residual: int = 0
+    tested: tuple[str, str, str] = ("", "", "")
+    derived: dict[str, pd.Series] = field(default_factory=dict)
+    numeric: set[str] = field(default_factory=set)
 
     def metadata(self, meta: pd.DataFrame) -> pd.DataFrame:
         """Metadata for pyDESeq2: the used rows, the formula's columns under clean names, as str.
@@ -88,9 +98,17 @@ class DesignChoice:
             Index = :attr:`samples`; one str column per clean name in :attr:`columns`.
         """
         rows = meta.loc[self.samples]
-        # str everywhere: numeric-looking batches/donors must stay factors, not covariates.
+
+        def values(clean: str, orig: str) -> np.ndarray:
+            if clean in self.derived:
+                return self.derived[clean].loc[rows.index].to_numpy()
+            if clean in self.numeric:
+                return pd.to_numeric(rows[orig]).to_numpy(dtype=float)
+            # str otherwise: numeric-looking batches/donors must stay factors, not covariates.
+            return rows[orig].astype(str).str.strip().to_numpy()
+
         return pd.DataFrame(
-            {clean: rows[orig].astype(str).str.strip().to_numpy() for clean, orig in self.columns.items()},
+            {clean: values(clean, orig) for clean, orig in self.columns.items()},
             index=pd.Index(rows.index.astype(str)),
         )
 
@@ -107,13 +125,26 @@ def _identifier(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _dummy_design(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
-    """Intercept + treatment-coded dummies of the given factor columns."""
+def _dummy_design(frame: pd.DataFrame, columns: Sequence[str], numeric: Sequence[str] = ()) -> np.ndarray:
+    """Intercept + treatment-coded dummies of the given factor columns (``numeric`` ones as numbers)."""
     parts = [np.ones((len(frame), 1))]
     for column in columns:
+        if column in numeric:
+            parts.append(pd.to_numeric(frame[column]).to_numpy(dtype=float)[:, None])
+            continue
         dummies = pd.get_dummies(frame[column].astype(str), drop_first=True, dtype=float)
         parts.append(dummies.to_numpy())
     return np.hstack(parts)
+
+
+def _is_numeric(values: pd.Series) -> bool:
+    """A covariate entered as a number: every value parses, and more than two distinct values."""
+    parsed = pd.to_numeric(values, errors="coerce")
+    return bool(parsed.notna().all() and parsed.nunique() > 2)
+
+
+#: Values of the arm x time indicator of a difference of changes.
+INTERACTION_LEVELS = ("no", "yes")
 
 
 def _determined_by(frame: pd.DataFrame, target: str, by: str) -> bool:
@@ -148,8 +179,9 @@ def choose_design(meta: pd.DataFrame, contrast: Contrast, batch_col: str | None,
     """
     if contrast.column not in meta.columns:
         raise ValueError(f"choose_design: contrast column '{contrast.column}' missing from the metadata")
-    levels = (contrast.reference, contrast.treated)
-    frame = meta.loc[meta[contrast.column].astype(str).isin(levels)].copy()
+    if contrast.arms and contrast.arm_column not in meta.columns:
+        raise ValueError(f"choose_design: arm column '{contrast.arm_column}' missing from the metadata")
+    frame = meta.loc[contrast.sample_mask(meta)].copy()
     frame[contrast.column] = frame[contrast.column].astype(str)
     taken: set[str] = set()
     cond = _identifier(contrast.column, taken)
@@ -193,51 +225,103 @@ def choose_design(meta: pd.DataFrame, contrast: Contrast, batch_col: str | None,
         columns[donor] = contrast.pair_by
         terms.append(donor)
     used = [orig for orig in columns.values()] + [contrast.column]
+    numeric: set[str] = set()
 
-    # Batch only where estimable: a batch nested in donor (or condition) adds nothing but rank loss.
-    if batch_col and use_batch and batch_col in frame.columns:
-        frame[batch_col] = frame[batch_col].astype(str)
-        n_batches = frame[batch_col].nunique()
-        if n_batches < 2:
-            notes.append(f"{batch_col} not added (one level)")
-        else:
-            X = _dummy_design(frame, [*used, batch_col])
-            rank = np.linalg.matrix_rank(X)
-            if rank < X.shape[1]:
-                if paired and _determined_by(frame, batch_col, contrast.pair_by):
-                    why = f"collinear with {contrast.pair_by}"
-                elif _determined_by(frame, batch_col, contrast.column):
-                    why = f"collinear with {contrast.column}"
-                else:
-                    why = "design would be rank deficient"
-                notes.append(f"{batch_col} not added ({why})")
-            elif len(frame) - rank < 1:
-                notes.append(f"{batch_col} not added (no residual degrees of freedom left)")
+    # Batch and covariates only where estimable: one nested in donor (or condition) adds nothing
+    # but rank loss; a donor-level covariate in a paired model is absorbed by the donor term.
+    candidates = [(batch_col, "batch")] if batch_col and use_batch else []
+    candidates += [(c, "covariate") for c in contrast.covariates if c != batch_col]
+    for column, kind in candidates:
+        if column not in frame.columns:
+            if kind == "covariate":
+                notes.append(f"covariate {column} not added (not in the metadata)")
+            continue
+        is_number = kind == "covariate" and _is_numeric(frame[column])
+        if not is_number:
+            frame[column] = frame[column].astype(str)
+        n_levels = frame[column].nunique()
+        if n_levels < 2:
+            notes.append(f"{column} not added (one level)")
+            continue
+        X = _dummy_design(frame, [*used, column], numeric=[*numeric, column] if is_number else sorted(numeric))
+        rank = np.linalg.matrix_rank(X)
+        if rank < X.shape[1]:
+            if paired and _determined_by(frame, column, contrast.pair_by):
+                why = (
+                    f"absorbed by {contrast.pair_by}: constant within every donor"
+                    if kind == "covariate"
+                    else f"collinear with {contrast.pair_by}"
+                )
+            elif _determined_by(frame, column, contrast.column):
+                why = f"collinear with {contrast.column}"
             else:
-                clean = _identifier(batch_col, taken)
-                columns[clean] = batch_col
-                terms.append(clean)
-                notes.append(f"{batch_col} added ({n_batches} levels)")
-    elif batch_col and not use_batch and batch_col in frame.columns and frame[batch_col].nunique() > 1:
+                why = "design would be rank deficient"
+            notes.append(f"{column} not added ({why})")
+        elif len(frame) - rank < 1:
+            notes.append(f"{column} not added (no residual degrees of freedom left)")
+        else:
+            clean = _identifier(column, taken)
+            columns[clean] = column
+            terms.append(clean)
+            used.append(column)
+            if is_number:
+                numeric.add(clean)
+                numeric.add(column)
+                notes.append(f"{column} added (numeric)")
+            else:
+                notes.append(f"{column} added ({n_levels} levels)")
+    if batch_col and not use_batch and batch_col in frame.columns and frame[batch_col].nunique() > 1:
         notes.append(f"{batch_col} not used (use_batch is off)")
     columns[cond] = contrast.column
     terms.append(cond)
+    derived: dict[str, pd.Series] = {}
+    tested = (cond, contrast.treated, contrast.reference)
+    per_arm = ""
+    if contrast.is_interaction:
+        # Difference of changes: ~donor + time + time:arm. The donor term absorbs the arm main
+        # effect; the indicator (treated level in `arm`) is the extra change under `arm`.
+        arm_values = frame[contrast.arm_column].astype(str) if contrast.arm_column in frame else None
+        if arm_values is None:
+            raise ValueError(f"choose_design: arm column '{contrast.arm_column}' missing from the metadata")
+        ixn = _identifier(f"{contrast.column}_x_{contrast.arm_column}", taken)
+        derived[ixn] = pd.Series(
+            np.where(
+                (frame[contrast.column] == contrast.treated) & (arm_values == contrast.arm), *INTERACTION_LEVELS[::-1]
+            ),
+            index=frame.index,
+        )
+        frame[ixn] = derived[ixn]
+        columns[ixn] = ixn
+        terms.append(ixn)
+        tested = (ixn, INTERACTION_LEVELS[1], INTERACTION_LEVELS[0])
+        if paired:
+            donors_arm = frame.drop_duplicates(contrast.pair_by).set_index(contrast.pair_by)[contrast.arm_column]
+            counts_arm = donors_arm.astype(str).value_counts()
+            per_arm = " + ".join(f"{int(counts_arm.get(a, 0))} {a}" for a in contrast.arms)
     formula = "~" + " + ".join(terms)
-    design_cols = [columns[t] for t in terms]
-    X = _dummy_design(frame, design_cols) if len(frame) else np.ones((0, 1))
+    design_cols = [columns[t] if t not in derived else t for t in terms]
+    X = _dummy_design(frame, design_cols, numeric=sorted(numeric)) if len(frame) else np.ones((0, 1))
     df_residual = int(len(frame) - (np.linalg.matrix_rank(X) if len(frame) else 0))
-    covariates = [columns[t] for t in terms if columns[t] != contrast.column]
+    covariates = [columns[t] for t in terms if columns[t] != contrast.column and t not in derived]
 
     counts = frame[contrast.column].value_counts()
     n_ref, n_trt = int(counts.get(contrast.reference, 0)), int(counts.get(contrast.treated, 0))
-    if paired:
-        head = f"paired: {formula} on {n_pairs} {contrast.pair_by} pair{'s' if n_pairs != 1 else ''}"
+    plural = "s" if n_pairs != 1 else ""
+    if paired and contrast.is_interaction:
+        head = (
+            f"difference of changes: {formula}, testing {tested[0]} ({contrast.describe()}) on {n_pairs} "
+            f"{contrast.pair_by} pair{plural} ({per_arm})"
+        )
+    elif paired:
+        head = f"paired: {formula} on {n_pairs} {contrast.pair_by} pair{plural}"
     else:
         head = (
             f"unpaired fallback: {why_unpaired}; {formula} on {n_ref} {contrast.reference} vs "
             f"{n_trt} {contrast.treated} samples"
         )
-    renamed = [f"'{orig}' as {clean}" for clean, orig in columns.items() if clean != orig]
+    if contrast.arm is not None and not contrast.is_interaction:
+        head += f" of arm {contrast.arm}"
+    renamed = [f"'{orig}' as {clean}" for clean, orig in columns.items() if clean != orig and clean not in derived]
     if renamed:
         notes.append(f"columns renamed for the formula: {', '.join(renamed)}")
     note = "; ".join([head, *notes])
@@ -251,6 +335,9 @@ def choose_design(meta: pd.DataFrame, contrast: Contrast, batch_col: str | None,
         excluded_donors=excluded,
         columns=columns,
         df_residual=df_residual,
+        tested=tested,
+        derived=derived,
+        numeric={c for c in numeric if c in columns},
     )
 
 
@@ -283,6 +370,14 @@ def _group_label(pb_group: ad.AnnData, level: str) -> str:
         if len(values) > 1:
             raise ValueError(f"fit_population: pseudobulks of several populations given ({sorted(values)[:5]})")
     return "all"
+
+
+def _pairs_per_arm(meta: pd.DataFrame, contrast: Contrast) -> dict[str, int]:
+    """Donors with both levels, per arm of a two-arm contrast."""
+    levels = meta.groupby(meta[contrast.pair_by].astype(str))[contrast.column].nunique()
+    complete = levels.index[levels == 2]
+    arm_of = meta.groupby(meta[contrast.pair_by].astype(str))[contrast.arm_column].first().astype(str)
+    return {arm: int((arm_of.loc[complete] == arm).sum()) for arm in contrast.arms}
 
 
 def _summary(label: str, **values) -> dict:
@@ -340,7 +435,7 @@ def fit_population(
     for column in ("n_cells", "total_counts", contrast.column):
         if column not in obs.columns:
             raise ValueError(f"fit_population: pseudobulk obs lacks '{column}' (build it with pseudobulk())")
-    in_contrast = obs[contrast.column].astype(str).isin([contrast.reference, contrast.treated]).to_numpy()
+    in_contrast = contrast.sample_mask(obs)
     big_cells = (obs["n_cells"] >= settings.min_cells).to_numpy()
     big = big_cells & (obs["total_counts"] >= settings.min_counts).to_numpy()
     if not (in_contrast & big_cells).any():
@@ -364,6 +459,12 @@ def fit_population(
         paired=design.paired,
         note=design.note,
     )
+    if contrast.is_interaction:
+        pairs_per_arm = _pairs_per_arm(meta, contrast) if design.paired else dict.fromkeys(contrast.arms, 0)
+        if min(pairs_per_arm.values()) < settings.min_pairs:
+            text = ", ".join(f"{n} {arm}" for arm, n in pairs_per_arm.items())
+            reason = f"complete {contrast.pair_by} pairs per arm ({text}) < min_pairs {settings.min_pairs}"
+            return None, _summary(label, reason=reason, **base)
     if design.paired and design.n_pairs < settings.min_pairs:
         reason = f"{design.n_pairs} complete {contrast.pair_by} pairs < min_pairs {settings.min_pairs}"
         return None, _summary(label, reason=reason, **base)
@@ -384,7 +485,10 @@ def fit_population(
         columns=used.var_names.astype(str),
     )
     cond = next(clean for clean, orig in design.columns.items() if orig == contrast.column)
-    genes = _filter_by_expr(counts, metadata[cond], settings)
+    groups = metadata[cond]
+    if contrast.is_interaction:  # filterByExpr's smallest group: one arm at one timepoint
+        groups = groups + "_" + meta[contrast.arm_column].astype(str).to_numpy()
+    genes = _filter_by_expr(counts, groups, settings)
     if not genes:
         return None, _summary(label, reason="no gene passes filterByExpr", **base)
     counts = counts[genes]
@@ -401,7 +505,7 @@ def fit_population(
     dds.deseq2()
     stats = DeseqStats(
         dds,
-        contrast=[cond, contrast.treated, contrast.reference],
+        contrast=list(design.tested),
         alpha=settings.alpha,
         inference=inference,
         quiet=True,
@@ -466,28 +570,44 @@ def fit_population_table(
     pb_group: ad.AnnData, label: str, settings: DESettings, batch_col: str | None = "batch"
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`fit_population` as the workflow writes it: the results table (empty, with its
-    columns, when the population was skipped) and a one-row summary naming population and level."""
+    columns, when the population was skipped) and a one-row summary naming contrast, population
+    and level."""
     table, summary = fit_population(pb_group, settings, batch_col=batch_col)
     summary.update(population=label, level=settings.level)
-    return (table if table is not None else pd.DataFrame(columns=RESULT_COLUMNS)), pd.DataFrame([summary])
+    frame = pd.DataFrame([summary])
+    frame.insert(0, "contrast", settings.contrast.name)
+    return (table if table is not None else pd.DataFrame(columns=RESULT_COLUMNS)), frame
 
 
-def combine_summaries(paths: Sequence[str | Path], annotation_notes: dict[str, str] | None = None) -> pd.DataFrame:
-    """The per-population summaries of one run in one table, ``level`` first, populations sorted;
-    the note of a population whose annotation is flagged says so."""
-    summary = pd.concat(
-        [pd.read_csv(path, sep="\t", keep_default_na=False) for path in paths], ignore_index=True
-    ).sort_values("population")
+def contrast_pseudobulks(pb_group: ad.AnnData, contrast: Contrast) -> ad.AnnData:
+    """The pseudobulks a contrast uses: its two levels, and its arms when it names any."""
+    return pb_group[contrast.sample_mask(pb_group.obs)].copy()
+
+
+def combine_summaries(
+    paths: Sequence[str | Path], annotation_notes: dict[str, str] | None = None, contrasts: Sequence[str] = ()
+) -> pd.DataFrame:
+    """The per-population summaries of one run in one table, ``contrast`` and ``level`` first,
+    contrasts in config order, populations sorted; the note of a population whose annotation is
+    flagged says so."""
+    summary = pd.concat([pd.read_csv(path, sep="\t", keep_default_na=False) for path in paths], ignore_index=True)
+    order = {name: i for i, name in enumerate(contrasts)}
+    summary = summary.assign(_order=summary["contrast"].map(order).fillna(len(order)))
+    summary = summary.sort_values(["_order", "population"], kind="mergesort").drop(columns="_order")
     notes = annotation_notes or {}
     summary["note"] = [
         f"{note}; {notes[p]}" if p in notes else note for p, note in zip(summary["population"], summary["note"])
     ]
-    return summary[["level", *[c for c in SUMMARY_COLUMNS if c in summary.columns]]]
+    return summary[["contrast", "level", *[c for c in SUMMARY_COLUMNS if c in summary.columns]]].reset_index(drop=True)
 
 
-def read_population_tables(summary: pd.DataFrame, paths: Sequence[str | Path]) -> dict[str, pd.DataFrame]:
-    """The DE tables of the tested populations of ``summary``, found among ``paths`` by safe name."""
+def read_population_tables(summary: pd.DataFrame, paths: Sequence[str | Path]) -> dict[tuple[str, str], pd.DataFrame]:
+    """The DE tables of the tested (contrast, population) rows of ``summary``, found among ``paths``
+    (``results/de/<contrast>/<population>.tsv``) by contrast folder and safe name."""
     names = safe_names(summary["population"])
-    path_of = {Path(path).stem: path for path in paths}
-    tested = summary.loc[summary["status"] == "tested", "population"]
-    return {label: pd.read_csv(path_of[names[label]], sep="\t") for label in tested}
+    path_of = {(Path(path).parent.name, Path(path).stem): path for path in paths}
+    tested = summary.loc[summary["status"] == "tested", ["contrast", "population"]]
+    return {
+        (name, label): pd.read_csv(path_of[(name, names[label])], sep="\t")
+        for name, label in tested.itertuples(index=False)
+    }

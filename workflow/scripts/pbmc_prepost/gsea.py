@@ -25,6 +25,7 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
+from pbmc_prepost import arms
 from pbmc_prepost.design import Contrast
 from pbmc_prepost.genesets import GeneSetLibrary
 from pbmc_prepost.settings import EnrichmentSettings
@@ -383,6 +384,9 @@ def paired_set_test(
     pre = logcpm[(level == contrast.reference).to_numpy()].groupby(donor[level == contrast.reference].to_numpy()).mean()
     donors = sorted(set(post.index) & set(pre.index) - {""})
     change = post.loc[donors] - pre.loc[donors]
+    arm_of = pd.Series(dtype=str)
+    if contrast.is_interaction:
+        arm_of = obs.groupby(donor.to_numpy())[contrast.arm_column].first().astype(str)
     rows = []
     for name, members in library.sets.items():
         inside = [g for g in members if g in change.columns]
@@ -397,10 +401,17 @@ def paired_set_test(
         if len(inside) >= min_size and len(donors) >= 2:
             outside = change.columns.difference(inside)
             shift = change[inside].mean(axis=1) - change[outside].mean(axis=1)
-            row["donor_shift"] = float(shift.mean())
-            if shift.std(ddof=1) > 0:
-                result = stats.ttest_1samp(shift.to_numpy(), 0.0)
-                row["donor_t"], row["donor_pvalue"] = float(result.statistic), float(result.pvalue)
+            if contrast.is_interaction:
+                # Difference of changes: the donors' shifts compared between the two arms.
+                shifts = pd.DataFrame({"arm": arm_of.reindex(shift.index).to_numpy(), "change": shift.to_numpy()})
+                result = arms.compare_changes(shifts.set_index(shift.index), contrast, 2)
+                row["donor_shift"], row["donor_t"] = result["difference"], result["t"]
+                row["donor_pvalue"] = result["pvalue"]
+            else:
+                row["donor_shift"] = float(shift.mean())
+                if shift.std(ddof=1) > 0:
+                    result = stats.ttest_1samp(shift.to_numpy(), 0.0)
+                    row["donor_t"], row["donor_pvalue"] = float(result.statistic), float(result.pvalue)
         rows.append(row)
     table = pd.DataFrame(rows)
     # Benjamini-Hochberg within each pre-specified family of the population: positive controls,
@@ -518,3 +529,48 @@ def enrich_populations(
         return frame
 
     return guards(gsea), guards(ora)
+
+
+def enrich_contrasts(
+    tables: Mapping[tuple[str, str], pd.DataFrame],
+    summary: pd.DataFrame,
+    pseudobulk: ad.AnnData,
+    composition: pd.DataFrame,
+    library: GeneSetLibrary,
+    settings: EnrichmentSettings,
+    threads: int = 1,
+    annotation_notes: dict[str, str] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`enrich_populations` of every contrast on its own DE tables and pseudobulks.
+
+    Parameters
+    ----------
+    tables
+        (contrast, population) -> DE table.
+    summary, composition
+        The DE summary and the composition test of every contrast (``contrast`` column).
+
+    Returns
+    -------
+    gsea, ora
+        Every contrast's rows, ``contrast`` first, contrasts in config order.
+    """
+    results: tuple[list, list] = ([], [])
+    for contrast in settings.contrasts or (settings.contrast,):
+        own = {label: table for (name, label), table in tables.items() if name == contrast.name}
+        pb = pseudobulk[contrast.sample_mask(pseudobulk.obs)]
+        frames = enrich_populations(
+            own,
+            summary[summary["contrast"] == contrast.name],
+            pb,
+            composition[composition["contrast"] == contrast.name],
+            library,
+            settings._replace(contrast=contrast),
+            threads=threads,
+            annotation_notes=annotation_notes,
+        )
+        for collected, frame in zip(results, frames):
+            frame.insert(0, "contrast", contrast.name)
+            collected.append(frame)
+    gsea, ora = (pd.concat(frames, ignore_index=True) for frames in results)
+    return gsea, ora

@@ -339,25 +339,115 @@ def paired_score_test(
     return result
 
 
+def between_arm_score_test(
+    scores: pd.DataFrame,
+    contrast: Contrast,
+    min_pairs: int = 3,
+    covariates: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Difference of changes of donor-level module scores between two arms, per population x set.
+
+    Each donor's change of mean score (treated minus reference) is compared between
+    ``contrast.arm`` and ``contrast.versus_arm`` (:func:`pbmc_prepost.arms.compare_changes`).
+
+    Parameters
+    ----------
+    scores
+        :func:`module_scores` with the arm column added (``contrast.arm_column``).
+    contrast
+        A two-arm contrast.
+    min_pairs
+        Fewest donors with both levels per arm.
+    covariates
+        Donor-level covariates (:func:`pbmc_prepost.arms.donor_covariates`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns of :func:`paired_score_test` (``delta`` = the difference of the arms' mean
+        changes, ``mean_<level>`` over both arms' donors) plus ``change_arm`` and
+        ``change_versus_arm``.
+    """
+    from pbmc_prepost import arms
+
+    ref, trt = contrast.reference, contrast.treated
+    directions = dict(scores.attrs.get("expected_direction", {}))
+    rows = []
+    for (group, name), part in scores.groupby(["population", "gene_set"], sort=False):
+        changes = arms.donor_changes(part, contrast, "mean_score")
+        result = arms.compare_changes(changes, contrast, min_pairs, covariates)
+        rows.append(
+            {
+                "population": group,
+                "gene_set": name,
+                "n_pairs": len(changes),
+                f"mean_{ref}": float(changes["reference"].mean()) if len(changes) else math.nan,
+                f"mean_{trt}": float(changes["treated"].mean()) if len(changes) else math.nan,
+                "delta": result["difference"],
+                "pvalue": result["pvalue"],
+                "padj": math.nan,
+                "expected_direction": directions.get(name, "unknown"),
+                "note": result["note"],
+                "change_arm": result["change_arm"],
+                "change_versus_arm": result["change_versus_arm"],
+            }
+        )
+    result = pd.DataFrame(rows)
+    if result.empty:
+        return result
+    result["n_pairs"] = result["n_pairs"].astype(np.int64)
+    tested = result["pvalue"].notna().to_numpy()
+    if tested.any():
+        result.loc[tested, "padj"] = multipletests(result.loc[tested, "pvalue"], method="fdr_bh")[1]
+    return result
+
+
+def contrast_score_test(
+    scores: pd.DataFrame, contrast: Contrast, min_pairs: int, sample_meta: pd.DataFrame
+) -> pd.DataFrame:
+    """The module-score test of one contrast on its own samples (paired, or between two arms)."""
+    if not contrast.arms:
+        return paired_score_test(scores, contrast, min_pairs=min_pairs)
+    from pbmc_prepost import arms
+
+    own = scores.copy()
+    own[contrast.arm_column] = own["sample"].map(sample_meta[contrast.arm_column].astype(str))
+    own = own[own[contrast.arm_column].isin(contrast.arms)]
+    own.attrs = scores.attrs
+    if contrast.is_interaction:
+        return between_arm_score_test(own, contrast, min_pairs, arms.donor_covariates(sample_meta, contrast))
+    test = paired_score_test(own, contrast, min_pairs=min_pairs)
+    test["note"] = [f"donors of arm {contrast.arm} only" + (f"; {n}" if n else "") for n in test["note"]]
+    return test
+
+
 def score_populations(
     adata: ad.AnnData, library: GeneSetLibrary, settings: ScoreSettings, annotation_notes: dict[str, str] | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """:func:`module_scores` at the DE level and their :func:`paired_score_test`; the note of a
-    population whose annotation is flagged says so.
+    """:func:`module_scores` at the DE level and every contrast's test (:func:`contrast_score_test`);
+    the note of a population whose annotation is flagged says so.
 
     Returns
     -------
     donor_scores, test
-        The per-sample means and the paired test, each with ``level`` as its first column.
+        The per-sample means (``level`` first) and the tests (``contrast`` and ``level`` first).
     """
     scores = module_scores(
         adata, library, settings.level, settings.contrast, min_genes=settings.min_genes, seed=settings.seed
     )
-    test = paired_score_test(scores, settings.contrast, min_pairs=settings.min_pairs)
+    sample_meta = adata.obs.drop_duplicates("sample").set_index("sample")
     notes = annotation_notes or {}
-    test["note"] = [
-        "; ".join(n for n in (note, notes.get(p, "")) if n) for p, note in zip(test["population"], test["note"])
-    ]
-    for frame in (scores, test):
-        frame.insert(0, "level", settings.level)
-    return scores, test
+    tests = []
+    for contrast in settings.contrasts or (settings.contrast,):
+        test = contrast_score_test(scores, contrast, settings.min_pairs, sample_meta)
+        test["note"] = [
+            "; ".join(n for n in (note, notes.get(p, "")) if n) for p, note in zip(test["population"], test["note"])
+        ]
+        test.insert(0, "level", settings.level)
+        test.insert(0, "contrast", contrast.name)
+        tests.append(test)
+    arm_columns = {c.arm_column for c in settings.contrasts if c.arm_column}
+    for column in sorted(arm_columns):  # the arm of each donor, for the two-arm figures
+        scores[column] = scores["sample"].map(sample_meta[column].astype(str))
+    scores.insert(0, "level", settings.level)
+    return scores, pd.concat(tests, ignore_index=True)

@@ -194,7 +194,10 @@ def pseudobulk_for_contrast(
     """
     contrast = settings.contrast
     meta = [contrast.column]
-    meta += [c for c in (contrast.pair_by, batch_col) if c and c in adata.obs.columns]
+    extra = [contrast.pair_by, batch_col]
+    for c in settings.contrasts or (contrast,):
+        extra += [c.arm_column, *c.covariates]
+    meta += [c for c in dict.fromkeys(extra) if c and c in adata.obs.columns and c not in meta]
     return pseudobulk(adata, settings.level, sample_col=sample_col, layer="counts", meta_columns=meta)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from pbmc_prepost import InputError, preflight
-from pbmc_prepost.design import Contrast
+from pbmc_prepost.design import Contrast, Design
 from pbmc_prepost.formats import FORMATS
 
 #: Batch given to samples whose batch is empty: one constant batch means "no batch structure".
@@ -203,7 +203,7 @@ def _read_table(path: Path, msgs: _Messages) -> tuple[list[str], list[tuple[int,
 
 def _check_columns(
     header: Sequence[str],
-    contrast: Contrast,
+    contrast: Design,
     extra_columns: Sequence[str],
     msgs: _Messages,
 ) -> bool:
@@ -217,7 +217,8 @@ def _check_columns(
                 "keep one column of that name",
             )
         seen.add(name)
-    required = ["sample", contrast.column, "path"]
+    design_columns = [c for c in (contrast.arm, *contrast.covariates) if c]
+    required = ["sample", contrast.column, "path", *design_columns]
     complete = True
     lower = {h.lower(): h for h in header}
     for name in required:
@@ -227,7 +228,10 @@ def _check_columns(
         hint = ""
         if name.lower() in lower:
             hint = f" (rename '{lower[name.lower()]}' to '{name}': names are case-sensitive)"
-        why = ", the config contrast column" if name == contrast.column != "timepoint" else ""
+        why = ", the config design column" if name == contrast.column != "timepoint" else ""
+        if name in design_columns:
+            key = "design.arm" if name == contrast.arm else "design.covariates"
+            why = f", named by config key `{key}`"
         msgs.problem(
             f"missing required column '{name}'{why} (columns found: {found or 'none'})",
             f"add a '{name}' column{hint}",
@@ -238,7 +242,7 @@ def _check_columns(
                 f"column name '{name}' is reserved: the workflow adds it",
                 f"rename the '{name}' column",
             )
-    known = set(STANDARD_COLUMNS) | {contrast.column, contrast.pair_by} | set(extra_columns)
+    known = set(STANDARD_COLUMNS) | {contrast.column, contrast.pair_by, *design_columns} | set(extra_columns)
     for name in header:
         if name and name not in known:
             msgs.problem(
@@ -252,11 +256,12 @@ def _check_columns(
                 f"column (columns found: {found or 'none'})",
                 f"add a '{name}' column, or remove '{name}' from `extra_sample_columns`",
             )
-    if contrast.reference == contrast.treated:
-        msgs.problem(
-            f"the contrast's reference and treated values are both '{contrast.reference}'",
-            "set two different values in the config `contrast` section",
-        )
+    for c in contrast.contrasts:
+        if c.reference == c.treated:
+            msgs.problem(
+                f"contrast {c.name}: reference and treated are both '{c.reference}'",
+                "set two different levels in the config `contrasts` section",
+            )
     return complete
 
 
@@ -275,7 +280,7 @@ def _guess_format(path: str) -> str:
 def _check_row(
     row: dict[str, str],
     line: int,
-    contrast: Contrast,
+    contrast: Design,
     check_files: bool,
     seen_ids: dict[str, int],
     msgs: _Messages,
@@ -286,7 +291,7 @@ def _check_row(
     before = len(msgs.problems)
     fixes = {
         "sample": "give the sample a unique id (letters, digits, '.', '_', '-')",
-        contrast.column: f"set it to '{contrast.reference}' or '{contrast.treated}'",
+        contrast.column: f"set it to {' or '.join(repr(v) for v in contrast.levels)}",
         "path": "give the path to the sample's count matrix (Cell Ranger folder, .h5 or .h5ad)",
     }
     for column, fix in fixes.items():
@@ -359,44 +364,48 @@ def _check_row(
 def _pairing(
     table: pd.DataFrame,
     lines: dict[str, int],
-    contrast: Contrast,
+    design: Design,
     has_pair_column: bool,
     msgs: _Messages,
 ) -> list[str]:
-    """Record pairing warnings; return the sorted donors having both contrast timepoints."""
-    ref, treated = contrast.reference, contrast.treated
-    arms = (ref, treated)
-    for sample, tp in table[contrast.column].items():
-        if tp not in arms:
-            typo = next((a for a in arms if a.lower() == tp.lower()), None)
-            fix = (
-                f"write '{typo}' (values are case-sensitive)"
-                if typo
-                else f"nothing, unless it should be '{ref}' or '{treated}'"
+    """Record pairing warnings; return the sorted donors having both levels of some contrast."""
+    levels = design.levels
+    names = " or ".join(f"'{v}'" for v in levels)
+    for sample, tp in table[design.column].items():
+        if tp not in levels:
+            typo = next((a for a in levels if a.lower() == tp.lower()), None)
+            fix = f"write '{typo}' (values are case-sensitive)" if typo else f"nothing, unless it should be {names}"
+            where = (
+                f"is neither '{levels[0]}' nor '{levels[1]}'"
+                if len(levels) == 2
+                else f"is in no contrast (levels {names})"
             )
             msgs.warn(
-                f"{contrast.column} '{tp}' is neither '{ref}' nor '{treated}': kept for QC and "
-                "clustering, excluded from the contrast",
+                f"{design.column} '{tp}' {where}: kept for QC and clustering, excluded from the "
+                f"contrast{'s' if len(design.contrasts) > 1 else ''}",
                 fix,
                 lines[sample],
                 str(sample),
             )
-    for arm in arms:
-        if not (table[contrast.column] == arm).any():
-            msgs.warn(
-                f"no sample has {contrast.column} '{arm}', so the '{treated}' vs '{ref}' contrast cannot be computed",
-                f"check the {contrast.column} values and the config `contrast` section",
-            )
-    pair = contrast.pair_by
+    for c in design.contrasts:
+        for level in c.levels:
+            if not (table[design.column] == level).any():
+                msgs.warn(
+                    f"no sample has {design.column} '{level}', so contrast {c.name} "
+                    f"('{c.treated}' vs '{c.reference}') cannot be computed",
+                    f"check the {design.column} values and the config `contrasts` section",
+                )
+    pair = design.pair_by
     unpaired_fix = f"add a '{pair}' column naming the patient of each sample to get a paired test"
     if not has_pair_column:
         msgs.warn(
-            f"no '{pair}' column, so no pairing: the contrast falls back to an unpaired design",
+            f"no '{pair}' column, so no pairing: the contrast{'s fall' if len(design.contrasts) > 1 else ' falls'} "
+            "back to an unpaired design",
             unpaired_fix,
         )
         return []
 
-    in_contrast = table[table[contrast.column].isin(arms)]
+    in_contrast = table[table[design.column].isin(levels)]
     for sample in in_contrast.index[in_contrast[pair] == ""]:
         msgs.warn(
             f"empty '{pair}': excluded from paired tests",
@@ -405,45 +414,151 @@ def _pairing(
             str(sample),
         )
     with_donor = in_contrast[in_contrast[pair] != ""]
-    paired: list[str] = []
+    paired: set[str] = set()
     for donor, group in with_donor.groupby(pair, sort=True):
-        present = set(group[contrast.column])
-        if present == set(arms):
-            paired.append(str(donor))
-        else:
-            (have,) = present
-            other = treated if have == ref else ref
-            for sample in group.index:
-                msgs.warn(
-                    f"{pair} '{donor}' has only {contrast.column} '{have}' (no '{other}' "
-                    "sample): excluded from paired tests",
-                    f"add the {pair}'s '{other}' sample, or ignore this if it is missing on purpose",
-                    lines[sample],
-                    str(sample),
-                )
-        for tp, same in group.groupby(contrast.column, sort=False):
+        present = set(group[design.column])
+        warned: set[str] = set()
+        for c in design.contrasts:
+            have = present & set(c.levels)
+            if len(have) == 2:
+                paired.add(str(donor))
+            elif have and not (have <= warned):
+                (level,) = have
+                other = c.treated if level == c.reference else c.reference
+                warned |= have
+                for sample in group.index[group[design.column] == level]:
+                    which = f" of contrast {c.name}" if len(design.contrasts) > 1 else ""
+                    msgs.warn(
+                        f"{pair} '{donor}' has only {design.column} '{level}' (no '{other}' "
+                        f"sample): excluded from paired tests{which}",
+                        f"add the {pair}'s '{other}' sample, or ignore this if it is missing on purpose",
+                        lines[sample],
+                        str(sample),
+                    )
+        for tp, same in group.groupby(design.column, sort=False):
             if len(same) > 1:
                 where = ", ".join(str(lines[s]) for s in same.index)
                 for sample in same.index[1:]:
                     msgs.warn(
-                        f"{pair} '{donor}' has {len(same)} samples at {contrast.column} '{tp}' "
+                        f"{pair} '{donor}' has {len(same)} samples at {design.column} '{tp}' "
                         f"(lines {where}): their pseudobulks are treated as separate samples",
-                        f"nothing if they are replicates; otherwise correct the {pair} or {contrast.column}",
+                        f"nothing if they are replicates; otherwise correct the {pair} or {design.column}",
                         lines[sample],
                         str(sample),
                     )
     if not paired:
+        first = design.contrasts[0]
         msgs.warn(
-            f"no {pair} has both a '{ref}' and a '{treated}' sample, so no pairing: the "
-            "contrast falls back to an unpaired design",
-            f"check that the {pair} ids match between the two {contrast.column}s",
+            f"no {pair} has both a '{first.reference}' and a '{first.treated}' sample"
+            + (" (nor both levels of another contrast)" if len(design.contrasts) > 1 else "")
+            + ", so no pairing: the "
+            + ("contrasts fall" if len(design.contrasts) > 1 else "contrast falls")
+            + " back to an unpaired design",
+            f"check that the {pair} ids match between the {design.column}s",
         )
-    return paired
+    return sorted(paired)
+
+
+def _check_design_columns(table: pd.DataFrame, lines: dict[str, int], design: Design, msgs: _Messages) -> None:
+    """Arms and covariates: filled in, one arm per donor, the contrasts' arms present."""
+    pair = design.pair_by
+    has_pair = pair in table.columns and (table[pair] != "").any()
+    if design.arm:
+        for sample in table.index[table[design.arm] == ""]:
+            msgs.problem(
+                f"empty '{design.arm}' (the arm, config `design.arm`)",
+                f"fill in the arm of this sample's {pair}",
+                lines[sample],
+                str(sample),
+            )
+        if has_pair:
+            with_arm = table[(table[design.arm] != "") & (table[pair] != "")]
+            for donor, group in with_arm.groupby(pair, sort=True):
+                arms = list(dict.fromkeys(group[design.arm]))
+                if len(arms) > 1:
+                    other = group.index[group[design.arm] != arms[0]][0]
+                    msgs.problem(
+                        f"{pair} '{donor}' is in two arms ({', '.join(repr(a) for a in arms)}; line "
+                        f"{lines[group.index[0]]} says '{arms[0]}')",
+                        f"give every sample of a {pair} the same {design.arm}",
+                        lines[other],
+                        str(other),
+                    )
+        present = set(table[design.arm])
+        for c in design.contrasts:
+            for key, arm in (("arm", c.arm), ("versus_arm", c.versus_arm)):
+                if arm is not None and arm not in present:
+                    msgs.problem(
+                        f"contrast {c.name} names {key} '{arm}' but no sample has {design.arm} '{arm}' "
+                        f"(arms found: {', '.join(repr(a) for a in sorted(present - {''})) or 'none'})",
+                        f"correct the contrast's {key} in the config, or the sheet's {design.arm} values",
+                    )
+    for covariate in design.covariates:
+        for sample in table.index[table[covariate] == ""]:
+            msgs.problem(
+                f"empty covariate '{covariate}' (config `design.covariates`)",
+                "fill it in for every sample, or remove the covariate from the config",
+                lines[sample],
+                str(sample),
+            )
+        if has_pair:
+            varying = table[table[pair] != ""].groupby(pair)[covariate].nunique()
+            varying = sorted(varying.index[varying > 1])
+            if varying:
+                msgs.warn(
+                    f"covariate '{covariate}' varies within {pair} {', '.join(map(str, varying[:5]))}"
+                    f"{' ...' if len(varying) > 5 else ''}: it enters the pseudobulk DE model per sample; the "
+                    f"donor-level tests of a two-arm contrast leave it out",
+                    "nothing, if it is a per-sample covariate; otherwise correct the values",
+                )
+
+
+def contrast_support(samples: pd.DataFrame, design: Design) -> pd.DataFrame:
+    """Complete donors of every contrast, per arm.
+
+    Parameters
+    ----------
+    samples
+        The validated sheet (:attr:`SheetReport.samples`).
+    design
+        Design with its contrasts.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per contrast: ``contrast``, ``description``, ``arm`` (the arms it uses, or 'all'),
+        ``n_donors`` (complete donors: both levels, in one of its arms), ``donors_per_arm`` (text,
+        e.g. ``IL7: 8; placebo: 8``) and ``min_donors_per_arm``.
+    """
+    rows = []
+    pair = design.pair_by
+    for c in design.contrasts:
+        frame = samples[c.sample_mask(samples)] if pair in samples.columns else samples.iloc[:0]
+        frame = frame[frame[pair] != ""] if pair in frame.columns else frame
+        levels = frame.groupby(pair)[design.column].nunique()
+        complete = levels.index[levels == 2]
+        arms = c.arms or ("all",)
+        if c.arms:
+            arm_of = frame.groupby(pair)[design.arm].first()
+            per_arm = {a: int((arm_of.loc[complete] == a).sum()) for a in arms}
+        else:
+            per_arm = {"all": len(complete)}
+        rows.append(
+            {
+                "contrast": c.name,
+                "description": c.describe(),
+                "arm": " vs ".join(arms),
+                "n_donors": len(complete),
+                "donors_per_arm": "; ".join(f"{a}: {n}" for a, n in per_arm.items()),
+                "min_donors_per_arm": min(per_arm.values()),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def load_sample_sheet(
     path: str | Path,
-    contrast: Contrast,
+    contrast: Design | Contrast,
     extra_columns: Sequence[str] = (),
     check_files: bool = True,
 ) -> SheetReport:
@@ -454,8 +569,8 @@ def load_sample_sheet(
     path
         The tab-separated sheet; error messages name it as given here.
     contrast
-        Contrast column, its reference/treated values and the pairing column
-        (:meth:`pbmc_prepost.design.Contrast.from_config`).
+        The design (:meth:`pbmc_prepost.design.Design.from_config`): timepoint, pairing, arm and
+        covariate columns, and the contrasts' levels and arms; or a single contrast.
     extra_columns
         Extra metadata columns allowed in the sheet (config ``extra_sample_columns``).
     check_files
@@ -473,6 +588,8 @@ def load_sample_sheet(
     InputError
         Listing every problem found, one per line.
     """
+    if isinstance(contrast, Contrast):
+        contrast = Design.single(contrast)
     msgs = _Messages(str(path))
     header, rows = _read_table(Path(path), msgs)
     if not header:
@@ -523,7 +640,7 @@ def load_sample_sheet(
 
     has_pair_column = contrast.pair_by in header
     paired_donors = _pairing(table, lines, contrast, has_pair_column, msgs)
-    table["paired"] = table[contrast.pair_by].isin(paired_donors) & table[contrast.column].isin(
-        [contrast.reference, contrast.treated]
-    )
+    _check_design_columns(table, lines, contrast, msgs)
+    msgs.raise_if_any()
+    table["paired"] = table[contrast.pair_by].isin(paired_donors) & table[contrast.column].isin(contrast.levels)
     return SheetReport(samples=table, warnings=msgs.warnings, paired_donors=paired_donors)

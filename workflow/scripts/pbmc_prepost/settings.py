@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pbmc_prepost.design import Contrast, Study
+from pbmc_prepost.design import Contrast, Design, Study
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
@@ -256,6 +256,9 @@ class DESettings(NamedTuple):
         Seeds numpy's global generator before each fit (pyDESeq2 itself is deterministic).
     n_label, headline_genes
         Genes labelled per volcano, and drawn per donor in the paired plots.
+    contrasts
+        Every contrast of the run; ``contrast`` is the one a fit uses (the first by default;
+        per-contrast callers pass ``settings._replace(contrast=c)``).
     """
 
     contrast: Contrast
@@ -273,13 +276,15 @@ class DESettings(NamedTuple):
     seed: int
     n_label: int
     headline_genes: tuple[str, ...]
+    contrasts: tuple[Contrast, ...]
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> DESettings:
+    def from_config(cls, config: Mapping[str, Any], study: Study | None = None) -> DESettings:
         de = config["de"]
         expr = de["filter_by_expr"]
+        contrasts = _contrasts(config, study)
         return cls(
-            Contrast.from_config(config),
+            contrasts[0],
             de["level"],
             de["min_cells"],
             de["min_counts"],
@@ -294,12 +299,19 @@ class DESettings(NamedTuple):
             config["seed"],
             de["n_label"],
             _tuple(de["headline_genes"]),
+            contrasts,
         )
 
 
-def _population_tests(config: Mapping[str, Any]) -> dict[str, Any]:
-    """What every test of the DE's populations shares: the contrast, the DE level and the seed."""
-    return {"contrast": Contrast.from_config(config), "level": config["de"]["level"], "seed": config["seed"]}
+def _contrasts(config: Mapping[str, Any], study: Study | None) -> tuple[Contrast, ...]:
+    """The run's contrasts: the study's (those resting on enough donors), else the config's."""
+    return study.contrasts if study is not None else Design.from_config(dict(config)).contrasts
+
+
+def _population_tests(config: Mapping[str, Any], study: Study | None) -> dict[str, Any]:
+    """What every test of the DE's populations shares: the contrasts, the DE level and the seed."""
+    contrasts = _contrasts(config, study)
+    return {"contrast": contrasts[0], "contrasts": contrasts, "level": config["de"]["level"], "seed": config["seed"]}
 
 
 class EnrichmentSettings(NamedTuple):
@@ -312,12 +324,13 @@ class EnrichmentSettings(NamedTuple):
     permutations: int
     alpha: float
     seed: int
+    contrasts: tuple[Contrast, ...]
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> EnrichmentSettings:
+    def from_config(cls, config: Mapping[str, Any], study: Study | None = None) -> EnrichmentSettings:
         enrichment = config["enrichment"]
         return cls(
-            **_population_tests(config),
+            **_population_tests(config, study),
             min_size=enrichment["min_size"],
             max_size=enrichment["max_size"],
             permutations=enrichment["permutations"],
@@ -334,12 +347,13 @@ class ScoreSettings(NamedTuple):
     min_pairs: int
     headline: tuple[tuple[str, str], ...]
     seed: int
+    contrasts: tuple[Contrast, ...]
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> ScoreSettings:
+    def from_config(cls, config: Mapping[str, Any], study: Study | None = None) -> ScoreSettings:
         enrichment = config["enrichment"]
         return cls(
-            **_population_tests(config),
+            **_population_tests(config, study),
             min_genes=enrichment["score_min_genes"],
             min_pairs=enrichment["min_pairs"],
             headline=tuple((population, gene_set) for population, gene_set in enrichment["headline"]),
@@ -381,7 +395,7 @@ def build_settings(config: Mapping[str, Any], study: Study) -> WorkflowSettings:
         annotation=AnnotationSettings.from_config(config),
         composition=CompositionSettings.from_config(config, study),
         qc_bias=QCBiasSettings.from_config(config, study),
-        de=DESettings.from_config(config),
-        enrichment=EnrichmentSettings.from_config(config),
-        scores=ScoreSettings.from_config(config),
+        de=DESettings.from_config(config, study),
+        enrichment=EnrichmentSettings.from_config(config, study),
+        scores=ScoreSettings.from_config(config, study),
     )

@@ -154,6 +154,12 @@ def paired_lines_figure(
     no_donor = table[table["_pair"] == ""]
     donors = sorted(table.loc[table["_pair"] != "", "_pair"].unique())
     colours = dict(zip(donors, palette(len(donors))))
+    arm_colours = {}
+    if contrast.arms and contrast.arm_column in table.columns:
+        # Two arms: colour = arm, so that the difference of changes is what the eye sees.
+        arm_colours = dict(zip(contrast.arms, ["#C44E52", "#4C72B0"]))
+        arm_of = table.drop_duplicates("_pair").set_index("_pair")[contrast.arm_column].astype(str)
+        colours = {d: arm_colours.get(arm_of.get(d, ""), "grey") for d in donors}
     results = (
         test.assign(population=str_values(test["population"])).set_index("population")
         if len(test)
@@ -185,6 +191,8 @@ def paired_lines_figure(
             padj = float(row["padj"])
             padj_text = f"padj {padj:.2g}" if np.isfinite(padj) else "padj n/a"
             label = f"{int(row['n_pairs'])} pairs, {padj_text}"
+            if arm_colours:
+                label = f"{int(row['n_pairs'])} pairs, difference {padj_text}"
         else:
             label = "not tested"
         ax.set_title(f"{population}\n{label}", fontsize=8)
@@ -202,6 +210,8 @@ def paired_lines_figure(
     for row_axes in axes:
         row_axes[0].set_ylabel("proportion", fontsize=8)
     handles = [plt.Line2D([], [], color=colours[d], marker="o", markersize=4, label=d) for d in donors]
+    if arm_colours:
+        handles = [plt.Line2D([], [], color=c, marker="o", markersize=4, label=a) for a, c in arm_colours.items()]
     if len(no_donor):
         handles.append(plt.Line2D([], [], color="grey", marker="x", linestyle="none", label="no donor"))
     if handles:
@@ -210,7 +220,7 @@ def paired_lines_figure(
             loc="outside right upper",
             frameon=False,
             fontsize=7,
-            title=contrast.pair_by or "donor",
+            title=contrast.arm_column if arm_colours else (contrast.pair_by or "donor"),
             title_fontsize=8,
         )
     fig.suptitle(f"{title}\n{RELATIVE_NOTE}", fontsize=10)
@@ -218,14 +228,29 @@ def paired_lines_figure(
 
 
 def composition_figures(
-    proportions: pd.DataFrame, tests: pd.DataFrame, contrast: Contrast, paths: dict[str, Sequence[str | Path]]
+    proportions: pd.DataFrame,
+    tests: pd.DataFrame,
+    contrasts: Sequence[Contrast],
+    paths: dict[str, Sequence[str | Path]],
 ) -> None:
-    """Both figures of every level of :func:`pbmc_prepost.composition.composition_tables`.
+    """The figures of every level of :func:`pbmc_prepost.composition.composition_tables`.
 
-    ``paths`` maps ``"<kind>_<level>"`` (kind ``bars`` or ``pairs``) to the files to write.
+    ``paths`` maps ``"bars_<level>"`` to the files of the stacked bars (every sample, once) and
+    ``"pairs_<level>_<contrast>"`` to those of each contrast's per-donor lines.
     """
     for level in proportions["level"].unique():
         props = proportions[proportions["level"] == level].drop(columns="level").reset_index(drop=True)
-        test = tests[tests["level"] == level].drop(columns="level").reset_index(drop=True)
-        stacked_bar_figure(props, contrast, paths[f"bars_{level}"], title=f"Composition per sample ({level})")
-        paired_lines_figure(props, test, contrast, paths[f"pairs_{level}"], title=f"Proportion per donor ({level})")
+        stacked_bar_figure(props, contrasts[0], paths[f"bars_{level}"], title=f"Composition per sample ({level})")
+        for contrast in contrasts:
+            keep = (tests["level"] == level) & (tests["contrast"] == contrast.name)
+            test = tests[keep].drop(columns=["level", "contrast"]).reset_index(drop=True)
+            own = props
+            if contrast.arms and contrast.arm_column in props.columns:
+                own = props[props[contrast.arm_column].isin(contrast.arms)]
+            paired_lines_figure(
+                own,
+                test,
+                contrast,
+                paths[f"pairs_{level}_{contrast.name}"],
+                title=f"Proportion per donor ({level}), {contrast.describe()}",
+            )

@@ -102,6 +102,11 @@ def paired_genes_figure(
     has_pairs = contrast.pair_by in norm.columns
     donors = sorted(norm[contrast.pair_by].astype(str).unique()) if has_pairs and len(norm) else []
     colours = dict(zip(donors, palette(len(donors))))
+    by_arm = bool(contrast.arms) and contrast.arm_column in norm.columns
+    if by_arm:  # two arms: colour = arm, so that the difference of changes is what the eye sees
+        arm_colours = dict(zip(contrast.arms, ["#C44E52", "#4C72B0"]))
+        arm_of = norm.drop_duplicates(contrast.pair_by).set_index(contrast.pair_by)[contrast.arm_column].astype(str)
+        colours = {d: arm_colours.get(arm_of.get(d, ""), "grey") for d in donors}
     in_levels = norm[contrast.column].astype(str).isin(levels) if len(norm) else pd.Series(dtype=bool)
     n_cols = min(4, len(genes))
     n_rows = int(np.ceil(len(genes) / n_cols))
@@ -128,13 +133,17 @@ def paired_genes_figure(
                     markersize=4,
                     linewidth=1,
                     color=colours.get(donor, "grey"),
-                    label=donor,
+                    label=(arm_of.get(donor, "") if by_arm else donor),
+                    alpha=0.7 if by_arm else 1.0,
                 )
         else:
             ax.scatter(x, rows["log2cpm"], s=14, color="grey")
         ax.tick_params(labelsize=7)
     axes[0, 0].set_ylabel("log2(CPM + 1)", fontsize=8)
-    if donors and len(donors) <= 20:
+    if by_arm:
+        handles = [plt.Line2D([], [], color=c, marker="o", label=a) for a, c in arm_colours.items()]
+        axes[0, 0].legend(handles=handles, frameon=False, fontsize=6, loc="best")
+    elif donors and len(donors) <= 20:
         axes[0, 0].legend(frameon=False, fontsize=6, loc="best")
     if has_pairs:
         per_donor = norm.loc[in_levels].groupby(norm[contrast.pair_by].astype(str))[contrast.column].nunique()
@@ -178,10 +187,10 @@ def population_figures(
     paired = [outputs["paired_png"], outputs["paired_pdf"]]
     if summary["status"] != "tested":
         reason = f"{label}: not tested ({summary['reason']})"
-        message_figure(f"{label}: {contrast.treated} vs {contrast.reference}", reason, volcano)
+        message_figure(f"{label}: {contrast.describe()}", reason, volcano)
         message_figure(f"{label}: headline genes", reason, paired)
         return
-    title = f"{label}: {contrast.treated} vs {contrast.reference} ({summary['note']})"
+    title = f"{label}: {contrast.describe()} ({summary['note']})"
     volcano_figure(table, title, settings.n_label, volcano, alpha=settings.alpha)
     norm = normalized_pseudobulk(pb_group, settings.headline_genes)
     paired_genes_figure(

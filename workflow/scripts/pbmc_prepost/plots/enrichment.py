@@ -198,6 +198,15 @@ def donor_score_lines(
     table = table[table["_level"].isin([ref, trt])]
     donors = sorted(d for d in table["_pair"].unique() if d)
     colours = dict(zip(donors, palette(len(donors))))
+    arm_of = pd.Series(dtype=str)
+    arm_colours: dict[str, str] = {}
+    if contrast.arms and contrast.arm_column in table.columns:
+        # Two arms: colour = arm and one mean line per arm, so the difference of changes shows.
+        table = table[table[contrast.arm_column].astype(str).isin(contrast.arms)]
+        donors = sorted(d for d in table["_pair"].unique() if d)
+        arm_colours = dict(zip(contrast.arms, ["#C44E52", "#4C72B0"]))
+        arm_of = table.drop_duplicates("_pair").set_index("_pair")[contrast.arm_column].astype(str)
+        colours = {d: arm_colours.get(arm_of.get(d, ""), "grey") for d in donors}
     n_cols = min(4, max(len(pairs), 1))
     n_rows = int(np.ceil(max(len(pairs), 1) / n_cols))
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.9 * n_cols, 2.9 * n_rows + 0.7), squeeze=False)
@@ -232,20 +241,28 @@ def donor_score_lines(
                     linewidth=1.2,
                     color=colours.get(donor, "grey"),
                     label=donor or "(no donor)",
+                    alpha=0.5 if arm_colours else 1.0,
                 )
             else:  # a donor with one timepoint: a hollow point, no line
                 xs = [i for i in (0, 1) if np.isfinite(y[i])]
                 ax.scatter(xs, y[xs], s=18, facecolors="none", edgecolors=colours.get(donor, "grey"))
         complete = means.dropna()
-        if len(complete):
+        if arm_colours:
+            for arm, colour in arm_colours.items():
+                own = complete[complete.index.map(arm_of).astype(str) == arm]
+                if len(own):
+                    ax.plot([0, 1], own.mean().to_numpy(), color=colour, linewidth=3, label=f"mean {arm}")
+        elif len(complete):
             ax.plot([0, 1], complete.mean().to_numpy(), color="black", linewidth=2.4, alpha=0.7, label="mean")
         ax.axhline(0, color="lightgrey", linewidth=0.6, zorder=0)
     axes[0, 0].set_ylabel("mean module score\n(cells averaged per sample)", fontsize=8)
-    if donors and len(donors) <= 20:
+    if arm_colours:
+        handles = [plt.Line2D([], [], color=c, linewidth=3, label=a) for a, c in arm_colours.items()]
+        axes[0, 0].legend(handles=handles, frameon=False, fontsize=6, loc="best")
+    elif donors and len(donors) <= 20:
         axes[0, 0].legend(frameon=False, fontsize=6, loc="best")
-    fig.suptitle(
-        f"{title}: one line per {pair_by}, {ref} -> {trt}; paired t-test on donor means, BH-adjusted", fontsize=9
-    )
+    test_words = "donors' changes compared between arms" if contrast.is_interaction else "paired t-test on donor means"
+    fig.suptitle(f"{title}: one line per {pair_by}, {ref} -> {trt}; {test_words}, BH-adjusted", fontsize=9)
     fig.tight_layout()
     save(fig, paths)
 
@@ -258,7 +275,7 @@ CONFIRMED_FOOTNOTE = (
 
 
 def confirmed_calls_heatmap(
-    gsea: pd.DataFrame, meta: pd.DataFrame, de_summary: pd.DataFrame, paths: Sequence[str | Path]
+    gsea: pd.DataFrame, meta: pd.DataFrame, de_summary: pd.DataFrame, paths: Sequence[str | Path], title: str = ""
 ) -> None:
     """The headline heatmap with stars on confirmed calls; a note when no population was tested.
 
@@ -278,7 +295,8 @@ def confirmed_calls_heatmap(
         return
     marked = gsea.assign(fdr=[max(r.fdr, r.donor_fdr) if r.call in ("up", "down") else 1.0 for r in gsea.itertuples()])
     marked.loc[gsea["NES"].isna(), "fdr"] = float("nan")
-    headline_heatmap(marked, meta, paths, footnote=CONFIRMED_FOOTNOTE)
+    extra = {"title": f"Gene-set enrichment (GSEA NES), {title}"} if title else {}
+    headline_heatmap(marked, meta, paths, footnote=CONFIRMED_FOOTNOTE, **extra)
 
 
 def headline_score_lines(
@@ -287,6 +305,13 @@ def headline_score_lines(
     """:func:`donor_score_lines` of the configured headline (population, set) pairs that were scored."""
     scored = set(scores["population"])
     headline = [(group, name) for group, name in settings.headline if group in scored and name in library.sets]
+    contrast = settings.contrast
     donor_score_lines(
-        scores, test, [name for _, name in headline], [group for group, _ in headline], settings.contrast, paths
+        scores,
+        test,
+        [name for _, name in headline],
+        [group for group, _ in headline],
+        contrast,
+        paths,
+        title=f"Module scores per donor, {contrast.describe()}",
     )

@@ -20,18 +20,39 @@ def t_cell_share(proportions: pd.DataFrame, contrast: Contrast) -> pd.DataFrame:
     """Per sample: donor, condition and the summed share of the T-cell lineages."""
     lineage = proportions[proportions["level"] == "lineage"]
     share = lineage[lineage["population"].isin(T_LINEAGES)].groupby("sample")["proportion"].sum()
-    meta = lineage.drop_duplicates("sample").set_index("sample")[[contrast.pair_by, contrast.column]]
+    columns = [contrast.pair_by, contrast.column]
+    if contrast.arm_column and contrast.arm_column in lineage.columns:
+        columns.append(contrast.arm_column)
+    meta = lineage.drop_duplicates("sample").set_index("sample")[columns]
     return meta.assign(value=share.reindex(meta.index).fillna(0.0)).reset_index()
 
 
 def _donor_lines(ax, frame: pd.DataFrame, contrast: Contrast, ylabel: str, title: str) -> int:
-    """One line per donor from reference to treated; returns the number of pairs drawn."""
+    """One line per donor from reference to treated; returns the number of pairs drawn.
+
+    In a two-arm contrast the lines are coloured by arm, with each arm's mean in bold: the
+    difference of the two slopes is the difference of changes under test.
+    """
+    by_arm = bool(contrast.arms) and contrast.arm_column in frame.columns
+    if by_arm:
+        frame = frame[frame[contrast.arm_column].astype(str).isin(contrast.arms)]
     wide = frame.pivot_table(index=contrast.pair_by, columns=contrast.column, values="value", aggfunc="mean")
     levels = [contrast.reference, contrast.treated]
     wide = wide.reindex(columns=levels).dropna()
     colours = palette(max(len(wide), 1))
-    for i, (donor, row) in enumerate(wide.iterrows()):
-        ax.plot([0, 1], row.to_numpy(), marker="o", color=colours[i], label=str(donor))
+    if by_arm:
+        arm_colours = dict(zip(contrast.arms, ["#C44E52", "#4C72B0"]))
+        arm_of = frame.drop_duplicates(contrast.pair_by).set_index(contrast.pair_by)[contrast.arm_column].astype(str)
+        for donor, row in wide.iterrows():
+            ax.plot([0, 1], row.to_numpy(), marker="o", color=arm_colours[arm_of[donor]], alpha=0.4, linewidth=1)
+        for arm, colour in arm_colours.items():
+            own = wide[wide.index.map(arm_of) == arm]
+            if len(own):
+                ax.plot([0, 1], own.mean().to_numpy(), color=colour, linewidth=3, label=f"{arm} ({len(own)})")
+        ax.legend(frameon=False, fontsize=7, loc="best")
+    else:
+        for i, (donor, row) in enumerate(wide.iterrows()):
+            ax.plot([0, 1], row.to_numpy(), marker="o", color=colours[i], label=str(donor))
     ax.set_xticks([0, 1])
     ax.set_xticklabels(levels)
     ax.set_xlim(-0.3, 1.3)
@@ -85,7 +106,8 @@ def study_summary_figure(
             else ("Was handling equal?" if gene_set.startswith("QC_") else "Did cells shift?")
         )
         n = _donor_lines(ax, frame, contrast, "module score (donor mean)", "")
-        ax.set_title(f"{question}\n{group}: {short_set_name(gene_set)}\n{n} donors, paired padj {padj:.2g}", fontsize=8)
+        which = "difference padj" if contrast.is_interaction else "paired padj"
+        ax.set_title(f"{question}\n{group}: {short_set_name(gene_set)}\n{n} donors, {which} {padj:.2g}", fontsize=8)
 
     last = axes[1 + len(panels)]
     last.axis("off")
@@ -101,8 +123,6 @@ def study_summary_figure(
     last.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", fontsize=7, family="monospace", transform=last.transAxes)
     for ax in axes[2 + len(panels) :]:
         ax.axis("off")
-    fig.suptitle(
-        f"{contrast.treated} vs {contrast.reference}, paired by {contrast.pair_by}: study summary", fontsize=11
-    )
+    fig.suptitle(f"{contrast.describe()}, paired by {contrast.pair_by}: study summary", fontsize=11)
     fig.tight_layout()
     save(fig, paths)

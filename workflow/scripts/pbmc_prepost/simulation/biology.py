@@ -139,6 +139,15 @@ MONO_EFFECTS = {
     "HLA-DQA1": -0.7, "HLA-DQB1": -0.7, "HLA-DMA": -0.6, "HLA-DMB": -0.6, "CD74": -0.7,
     "CIITA": -0.5, "CD86": -0.5,
 }
+# The disease course, without any drug: both arms of a placebo-controlled trial (sepsis: monocyte
+# HLA-DR recovers as the patient does, Monneret et al. 2006, Venet et al. 2020; interferon tone
+# fades; lymphocytes rise a little, Francois et al. 2018). MHC-II recovery is as strong as IL-7's
+# MHC-II loss, so within the IL-7 arm the two cancel and only a control arm shows the loss.
+COURSE_MONO_EFFECTS = {g: -fc for g, fc in MONO_EFFECTS.items() if g.startswith(("HLA-D", "CD74", "CIITA"))}
+COURSE_IFN_LOG2FC = -0.8            # every interferon gene, every population
+COURSE_T_EXPANSION = 1.3            # absolute, every T subset
+COURSE_N_OTHER_GENES = 30           # other genes moving in every population ...
+COURSE_OTHER_LOG2FC = 0.7           # ... by this much, up or down
 # Genes that must show no treatment effect (nuisance varies per sample, not per timepoint).
 STRESS_GENES = ["FOS", "FOSB", "JUN", "JUNB", "JUND", "EGR1", "ATF3", "IER2", "IER3", "DUSP1",
                 "HSPA1A", "HSPA1B", "HSPA8", "HSPB1", "HSP90AA1", "DNAJB1", "NR4A1", "ZFP36",

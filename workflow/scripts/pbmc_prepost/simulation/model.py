@@ -37,8 +37,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from pbmc_prepost.simulation import trial
 from pbmc_prepost.simulation.biology import (
     CELL_CYCLE_GENES,
+    COURSE_IFN_LOG2FC,
+    COURSE_MONO_EFFECTS,
     FEMALE_GENES,
     GENE_TABLE,
     HAEMOGLOBIN,
@@ -85,13 +88,20 @@ class SimulationParams:
     mito_fraction: float = 0.04  # mitochondrial share of UMIs in a healthy cell
     cycling_pre: float = 0.01  # share of T cells in cycle before treatment
     cycling_post: float = 0.05
-    timepoints: tuple[str, str] = ("pre", "post")
+    timepoints: tuple[str, ...] = ("pre", "post")
     cells_sdlog: float = 0.2  # sd of the log number of cells per sample
     # Cells of named samples, e.g. {"D3_post": 40}: a sample that lost most of its cells.
     sample_sizes: dict = field(default_factory=dict)
     # Subset -> gene -> share of that subset's cells detecting the gene at library_median: overrides
     # the marker folds to give the dropout of shallow real data (biology.SHALLOW_10X_DETECTION).
     marker_detection: dict = field(default_factory=dict)
+    # Trial designs (simulation.trial): donors in the placebo arm (0: one arm, no `arm` column), a
+    # disease course in every donor, and the drug's and the course's strength per timepoint
+    # (empty: 0 at the first timepoint, 1 after).
+    n_placebo: int = 0
+    disease_course: bool = False
+    drug_by_timepoint: tuple[float, ...] = ()
+    course_by_timepoint: tuple[float, ...] = ()
 
 
 @dataclass
@@ -236,11 +246,12 @@ def _effects(genes: pd.DataFrame, params: SimulationParams) -> np.ndarray:
 
 
 def _composition(
-    params: SimulationParams, treated: bool, rng: np.random.Generator, donor_noise: np.ndarray
+    params: SimulationParams, drug: float, course: float, rng: np.random.Generator, donor_noise: np.ndarray
 ) -> np.ndarray:
     weights = np.array([PRE_FRACTION[s] for s in LINEAGE])
-    if treated and params.treatment_effect:
-        weights = weights * np.array([POST_EXPANSION.get(s, 1.0) for s in LINEAGE])
+    if params.treatment_effect:
+        weights = weights * np.array([POST_EXPANSION.get(s, 1.0) for s in LINEAGE]) ** drug
+    weights = weights * np.array([trial.course_expansion(s) for s in LINEAGE]) ** course
     weights = weights * donor_noise * np.exp(rng.normal(0, 0.1, len(weights)))
     return weights / weights.sum()
 
@@ -308,6 +319,11 @@ def simulate(params: SimulationParams | None = None) -> SimulatedData:
     log_expr, cycling_program, dispersion, is_mito = _build_profiles(genes, params, rng)
     _set_detection(log_expr, genes["symbol"].to_numpy(), dispersion, is_mito, params)
     effect = _effects(genes, params) * np.log(2.0)
+    other_course = trial.course_genes(genes, params.seed) if params.disease_course else {}
+    course_effect = trial.course_effects(genes, other_course) * np.log(2.0) if params.disease_course else 0.0
+    drug_strength = trial.strengths(params.drug_by_timepoint, len(params.timepoints))
+    course_strength = trial.strengths(params.course_by_timepoint, len(params.timepoints))
+    arms = trial.donor_arms(params.n_donors, params.n_placebo)
     subsets = list(LINEAGE)
     n_subsets, n_genes = log_expr.shape
     index = {g: i for i, g in enumerate(symbols)}
@@ -332,12 +348,15 @@ def simulate(params: SimulationParams | None = None) -> SimulatedData:
         for t, timepoint in enumerate(params.timepoints):
             sample = f"{donor}_{timepoint}"
             srng = np.random.default_rng([params.seed, 2, d, t])
-            treated = t == 1
+            # The drug acts in the IL-7 arm only; the disease course in every donor.
+            drug = drug_strength[t] * (arms[d] == trial.ARMS[0]) * params.treatment_effect
+            course = course_strength[t] * params.disease_course
             n_cells = int(round(params.cells_per_sample * np.exp(srng.normal(0, params.cells_sdlog))))
             n_cells = int(params.sample_sizes.get(sample, n_cells))
-            comp = _composition(params, treated, srng, donor_comp)
+            comp = _composition(params, drug, course, srng, donor_comp)
             types = srng.choice(n_subsets, size=n_cells, p=comp)
-            cycling_rate = params.cycling_post if (treated and params.treatment_effect) else params.cycling_pre
+            cycling_rate = params.cycling_pre + (params.cycling_post - params.cycling_pre) * drug
+            cycling_rate = {0: params.cycling_pre, 1: params.cycling_post}.get(drug, cycling_rate)
             cycling = (t_mask[types] & (srng.random(n_cells) < cycling_rate)) | (
                 nk_mask[types] & (srng.random(n_cells) < params.cycling_pre)
             )
@@ -347,8 +366,10 @@ def simulate(params: SimulationParams | None = None) -> SimulatedData:
             depth = np.exp(srng.normal(0, 0.15))
 
             log_mu = log_expr[types] + donor_gene
-            if treated:
-                log_mu += effect[types] * response
+            if drug:
+                log_mu += effect[types] * (response * drug)
+            if course:
+                log_mu += course_effect[types] * course
             log_mu[:, stress_idx] += stress
             log_mu[:, ifn_idx] += ifn
             log_mu[:, male_idx if sex == "female" else female_idx] = -8.0
@@ -441,6 +462,7 @@ def simulate(params: SimulationParams | None = None) -> SimulatedData:
                     "sample": sample,
                     "donor": donor,
                     "timepoint": timepoint,
+                    **({"arm": arms[d]} if params.n_placebo else {}),
                     "sex": sex,
                     "n_barcodes": adata.n_obs,
                     "stress_log_shift": round(stress, 4),
@@ -469,5 +491,20 @@ def simulate(params: SimulationParams | None = None) -> SimulatedData:
             "interferon": IFN_GENES,
         },
         "samples": sample_rows,
+        "donor_arms": {f"D{d + 1}": arm for d, arm in enumerate(arms)},
+        "timepoint_strength": {"drug": drug_strength, "course": course_strength},
+        # Lineage -> gene -> log2 fold change of the disease course at full strength (every donor).
+        "course_log2fc": (
+            {
+                lineage: {
+                    **other_course,
+                    **dict.fromkeys(IFN_GENES, COURSE_IFN_LOG2FC),
+                    **(COURSE_MONO_EFFECTS if lineage == "CD14 mono" else {}),
+                }
+                for lineage in dict.fromkeys(LINEAGE.values())
+            }
+            if params.disease_course
+            else {}
+        ),
     }
     return SimulatedData(samples=samples, truth=truth)

@@ -210,6 +210,7 @@ def write_dataset(
     outdir.mkdir(parents=True, exist_ok=True)
     rows = []
     truth_frames = []
+    arm_of = {row["sample"]: row["arm"] for row in data.truth["samples"] if "arm" in row}
     for i, (sample, adata) in enumerate(data.samples.items()):
         this_layout = layout
         if layout == "mixed":
@@ -225,6 +226,7 @@ def write_dataset(
                 "sample": sample,
                 "donor": donor,
                 "timepoint": timepoint,
+                **({"arm": arm_of[sample]} if arm_of else {}),
                 "batch": "",
                 "path": str(path),
                 "format": fmt,
