@@ -29,8 +29,8 @@ run: $(STAMP)
 # The workflow tests print as they go; the other two logs follow at the end.
 test: lint
 	@$(BIN)/python -m pytest tests/test_slurm.py > .test-slurm.log 2>&1 & slurm=$$!; \
-	$(BIN)/python -m pytest -m "not workflow" > .test-unit.log 2>&1 & unit=$$!; \
-	$(BIN)/python -m pytest -m workflow --ignore=tests/test_slurm.py; workflow=$$?; \
+	$(BIN)/python -m pytest -m "not workflow or trial" > .test-unit.log 2>&1 & unit=$$!; \
+	$(BIN)/python -m pytest -m "workflow and not trial" --ignore=tests/test_slurm.py; workflow=$$?; \
 	wait $$unit; unit_status=$$?; wait $$slurm; slurm_status=$$?; \
 	echo "---- unit tests (run beside the workflow tests) ----"; cat .test-unit.log; \
 	echo "---- tests/test_slurm.py (run beside the workflow tests) ----"; cat .test-slurm.log; \

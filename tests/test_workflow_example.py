@@ -10,7 +10,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from pbmc_prepost.simulation.biology import NULL_EXHAUSTION_GENES
 
-from conftest import recorded_tables_differ, run_snakemake
+from conftest import ROOT, recorded_tables_differ, run_snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -315,9 +315,8 @@ def test_old_contrast_block_gives_the_same_results(example_run, tmp_path):
     nothing to do, and says which new keys to write."""
     old = tmp_path / "old_config.yaml"
     old.write_text("contrast:\n  column: timepoint\n  reference: pre\n  treated: post\n  pair_by: donor\n")
-    dry = run_snakemake(
-        example_run, "--configfile", str(old), "--config", f"samples={example_run / 'samples.tsv'}", "-n"
-    )
+    configs = ["--configfile", str(ROOT / "config" / "config.yaml"), str(old)]
+    dry = run_snakemake(example_run, *configs, "--config", f"samples={example_run / 'samples.tsv'}", "-n")
     text = dry.stdout + dry.stderr
     assert "Nothing to be done" in text
     assert "the `contrast` block is the old form" in text and "contrasts: [{name: post_vs_pre" in text

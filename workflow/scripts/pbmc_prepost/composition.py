@@ -24,6 +24,7 @@ from statsmodels.stats.multitest import multipletests
 
 from pbmc_prepost.design import Contrast, str_values
 from pbmc_prepost.settings import CompositionSettings
+from pbmc_prepost.tables import tests_table
 
 log = logging.getLogger(__name__)
 
@@ -402,13 +403,9 @@ def between_arm_composition_test(
                 "difference": result["difference"],
             }
         )
-    result = pd.DataFrame(rows)
+    result = tests_table(rows)
     if result.empty:
         return result
-    result["n_pairs"] = result["n_pairs"].astype(np.int64)
-    tested = result["pvalue"].notna().to_numpy()
-    if tested.any():
-        result.loc[tested, "padj"] = multipletests(result.loc[tested, "pvalue"], method="fdr_bh")[1]
     return result.sort_values(["pvalue", "population"], na_position="last", kind="mergesort").reset_index(drop=True)
 
 

@@ -309,8 +309,9 @@ def choose_design(meta: pd.DataFrame, contrast: Contrast, batch_col: str | None,
     plural = "s" if n_pairs != 1 else ""
     if paired and contrast.is_interaction:
         head = (
-            f"difference of changes: {formula}, testing {tested[0]} ({contrast.describe()}) on {n_pairs} "
-            f"{contrast.pair_by} pair{plural} ({per_arm})"
+            f"difference of changes: {formula}, testing {tested[0]} = ({contrast.treated} - {contrast.reference} "
+            f"in {contrast.arm}) - ({contrast.treated} - {contrast.reference} in {contrast.versus_arm}) on "
+            f"{n_pairs} {contrast.pair_by} pair{plural} ({per_arm})"
         )
     elif paired:
         head = f"paired: {formula} on {n_pairs} {contrast.pair_by} pair{plural}"

@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from scipy import stats
-from statsmodels.stats.multitest import multipletests
 
 from pbmc_prepost.design import Contrast
 from pbmc_prepost.genesets import GeneSetLibrary
 from pbmc_prepost.settings import ScoreSettings
+from pbmc_prepost.tables import tests_table
 
 log = logging.getLogger(__name__)
 
@@ -331,12 +331,7 @@ def paired_score_test(
                 "note": "; ".join(notes),
             }
         )
-    result = pd.DataFrame(rows, columns=columns)
-    result["n_pairs"] = result["n_pairs"].astype(np.int64)
-    tested = result["pvalue"].notna().to_numpy()
-    if tested.any():
-        result.loc[tested, "padj"] = multipletests(result.loc[tested, "pvalue"], method="fdr_bh")[1]
-    return result
+    return tests_table(rows, columns)
 
 
 def between_arm_score_test(
@@ -392,14 +387,7 @@ def between_arm_score_test(
                 "change_versus_arm": result["change_versus_arm"],
             }
         )
-    result = pd.DataFrame(rows)
-    if result.empty:
-        return result
-    result["n_pairs"] = result["n_pairs"].astype(np.int64)
-    tested = result["pvalue"].notna().to_numpy()
-    if tested.any():
-        result.loc[tested, "padj"] = multipletests(result.loc[tested, "pvalue"], method="fdr_bh")[1]
-    return result
+    return tests_table(rows)
 
 
 def contrast_score_test(

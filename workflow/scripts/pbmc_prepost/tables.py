@@ -33,3 +33,18 @@ def attach_cell_labels(adata, path: str | Path, columns: list[str]) -> None:
     labels.index = cell_key(labels["sample"], labels["barcode"])
     for column in columns:
         adata.obs[column] = labels.loc[adata.obs_names, column].to_numpy()
+
+
+def tests_table(rows: list[dict], columns: list[str] | None = None) -> pd.DataFrame:
+    """One row per test: ``n_pairs`` as integers and ``padj`` filled by Benjamini-Hochberg over the
+    rows with a p-value (the others stay NaN)."""
+    from statsmodels.stats.multitest import multipletests
+
+    result = pd.DataFrame(rows, columns=columns)
+    if result.empty:
+        return result
+    result["n_pairs"] = result["n_pairs"].astype("int64")
+    tested = result["pvalue"].notna().to_numpy()
+    if tested.any():
+        result.loc[tested, "padj"] = multipletests(result.loc[tested, "pvalue"], method="fdr_bh")[1]
+    return result

@@ -25,6 +25,13 @@ _REALISTIC = SimulationParams(
     seed=20261201,
 )
 
+# A placebo-controlled trial (IRIS-7-like): 16 patients, 8 on IL-7 and 8 on placebo, pre and post,
+# a disease course in both arms (monocyte MHC-II recovers, interferon fades, T cells rise a little)
+# and the IL-7 effects in the IL-7 arm only. With 5 per arm an interaction test has little power.
+_TRIAL = SimulationParams(
+    n_donors=16, n_placebo=8, disease_course=True, cells_per_sample=600, n_genes=2500, seed=20261202
+)
+
 PRESETS = {
     # resources/example (make example): 5 donors x pre/post, about 7,000 barcodes.
     "example": SimulationParams(),
@@ -35,4 +42,26 @@ PRESETS = {
     "tiny": SimulationParams(n_donors=3, cells_per_sample=400, n_genes=1500),
     # Shallow, real-looking data (tests/test_workflow_shallow.py, tests/test_annotate.py).
     "realistic": _REALISTIC,
+    # Trial designs (tests/test_workflow_trial.py; config/examples/placebo_controlled.yaml).
+    "trial": _TRIAL,
+    # The null twin, smaller and with three timepoints: no drug, no course, 4 donors per arm
+    # (tests/test_workflow_null.py: no contrast of any kind may call anything).
+    "trial_null": replace(
+        _TRIAL,
+        n_donors=8,
+        n_placebo=4,
+        timepoints=("day0", "day7", "day28"),
+        cells_per_sample=250,
+        seed=20261203,
+        treatment_effect=False,
+        disease_course=False,
+    ),
+    # Three timepoints: the drug at full strength on day 7 and half by day 28, the course growing.
+    "trial_3tp": replace(
+        _TRIAL,
+        timepoints=("day0", "day7", "day28"),
+        drug_by_timepoint=(0.0, 1.0, 0.5),
+        course_by_timepoint=(0.0, 0.6, 1.0),
+        cells_per_sample=200,
+    ),
 }
