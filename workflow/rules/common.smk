@@ -38,7 +38,17 @@ try:
     config.clear()
     config.update(_validated)
     DESIGN = Design.from_config(config)
-    SHEET = load_sample_sheet(config["samples"], DESIGN, config["extra_sample_columns"])
+    SHEET = load_sample_sheet(
+        config["samples"],
+        DESIGN,
+        config["extra_sample_columns"],
+        mito_pattern=config["qc"]["mito_pattern"],
+        mito_overrides={
+            sample: values["mito_pattern"]
+            for sample, values in config["qc"]["sample_overrides"].items()
+            if "mito_pattern" in values
+        },
+    )
 except InputError as error:
     raise WorkflowError(str(error)) from None
 

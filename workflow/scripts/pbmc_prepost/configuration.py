@@ -65,6 +65,12 @@ def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
     if error.validator == "enum":
         return f"{key} = {error.instance!r} is not allowed. Fix: use one of {error.validator_value}"
     if error.validator == "type":
+        if error.validator_value == "object" and isinstance(error.instance, str):
+            return (
+                f"{key} = {error.instance!r} should be a section (key: value pairs), not text. Fix: put it in a "
+                f"YAML file given with --configfile, e.g. `{key}: {{...}}` (snakemake --config passes nested "
+                "values as text)"
+            )
         return f"{key} = {error.instance!r} should be of type {error.validator_value}. Fix: correct the value's type"
     description = error.schema.get("description", "")
     return f"{key}: {error.message}. Fix: see the schema{': ' + description if description else ''}"
@@ -97,6 +103,7 @@ def validate_config(
     schema = yaml.safe_load(Path(schema_path).read_text())
     config = copy.deepcopy(dict(config))
     warnings = [] if warnings is None else warnings
+    _parse_text_sections(config, schema, source, warnings)
     validator = jsonschema.Draft202012Validator(schema)
     problems = [
         f"{source}: {_describe(e, schema)}."
@@ -235,3 +242,26 @@ def _check_design(config: dict, source: str, problems: list[str]) -> None:
             problems.append(
                 f"{source}: {key}: arm and versus_arm are both {contrast['arm']!r}. Fix: name two different arms."
             )
+
+
+def _parse_text_sections(config: dict, schema: dict, source: str, warnings: list[str]) -> None:
+    """Sections that arrive as text (``snakemake --config doublets='{mean_center: true}'`` passes the
+    braces as a string) are read as YAML when that gives a mapping, with a warning naming the
+    form that always works; anything else is left for the schema to refuse."""
+    for key, sub in schema.get("properties", {}).items():
+        value = config.get(key)
+        if sub.get("type") != "object" or not isinstance(value, str):
+            continue
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = None
+        if isinstance(parsed, dict):
+            config[key] = parsed
+            warnings.append(
+                f"{source}: `{key}` arrived as text ({value!r}) and was read as YAML, giving "
+                f"{parsed!r}. Fix: nothing, if that is what you meant; the form that always works is the "
+                f"section in a YAML file given with --configfile"
+            )
+
+

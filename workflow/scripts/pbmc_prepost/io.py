@@ -14,6 +14,7 @@ job are in :mod:`pbmc_prepost.preflight`; the writers, used only to make simulat
 from __future__ import annotations
 
 import gzip
+import logging
 import re
 import warnings
 import zlib
@@ -48,6 +49,8 @@ _CHECK_CHUNK = 10_000_000
 TEXT_ERRORS = (OSError, EOFError, UnicodeDecodeError, ValueError, zlib.error)
 _ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d+")
 ENSEMBL_FIX = "add a var column 'gene_symbols' or provide the Cell Ranger folder whose features.tsv holds symbols"
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,6 +216,13 @@ def _assemble(
             X, symbols, gene_ids = X[:, np.flatnonzero(keep)], symbols[keep], gene_ids[keep]
     X.sort_indices()
     # Made unique before building the AnnData (same rule as var_names_make_unique: '-1', '-2').
+    duplicated = pd.Index(symbols)[pd.Index(symbols).duplicated()].unique()
+    if len(duplicated):
+        log.info(
+            "%d gene symbol(s) appear more than once and were made unique with -1, -2 ... (e.g. %s)",
+            len(duplicated),
+            ", ".join(map(str, duplicated[:5])),
+        )
     var = pd.DataFrame({"gene_ids": gene_ids}, index=anndata.utils.make_index_unique(pd.Index(symbols)))
     obs = pd.DataFrame(index=pd.Index(np.asarray(barcodes, dtype=str)))
     return anndata.AnnData(X=X, obs=obs, var=var)

@@ -8,6 +8,7 @@ readers, which report the same problems, are in :mod:`pbmc_prepost.io`.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import h5py
@@ -34,7 +35,38 @@ def _decode(values: np.ndarray) -> list[str]:
     return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
 
 
-def _peek_mtx(path: Path, source: str, n_values: int) -> None:
+def check_genes_and_cells(names: list[str], n_cells: int, path: Path, source: str, mito_pattern: str | None) -> None:
+    """A matrix with no gene or no cell, or whose symbols the QC's mitochondrial pattern misses while
+    the same genes in another case are there (mouse ``mt-`` genes under the human ``^MT-``)."""
+    if not len(names):
+        raise fail(source, path, f"'{path}' has no genes (0 features)", "give the sample's gene-expression matrix")
+    if n_cells == 0:
+        raise fail(
+            source,
+            path,
+            f"'{path}' has no cells (0 barcodes)",
+            "check the sample's Cell Ranger run, or remove its row from the sheet",
+        )
+    if not mito_pattern:
+        return
+    pattern = re.compile(mito_pattern)
+    if any(pattern.search(name) for name in names):
+        return
+    other_case = re.compile(mito_pattern, re.IGNORECASE)
+    seen = [name for name in names if other_case.search(name)][:3]
+    if seen:
+        raise fail(
+            source,
+            path,
+            f"no gene matches the mitochondrial pattern qc.mito_pattern {mito_pattern!r}, but "
+            f"{', '.join(repr(n) for n in seen)} do in another case (mouse symbols?), so mitochondrial QC would "
+            "see 0 % everywhere",
+            "for mouse data set qc.mito_pattern: '^mt-', qc.ribo_pattern: '^Rp[sl]' and qc.hb_pattern: "
+            "'^Hb[ab]' (the marker table and gene sets shipped are human)",
+        )
+
+
+def _peek_mtx(path: Path, source: str, n_values: int, mito_pattern: str | None = None) -> None:
     files = locate_mtx(path, source)
     features = read_features(files, source)  # ~40k short lines: cheap, and catches bad ids
     try:
@@ -80,9 +112,10 @@ def _peek_mtx(path: Path, source: str, n_values: int) -> None:
             "use the three files of one sample (genes x cells, as written by Cell Ranger)",
         )
     check_counts(np.asarray(values, dtype=np.float64), files.matrix, source, "the matrix", "")
+    check_genes_and_cells(list(features["symbol"]), n_barcodes, files.matrix, source, mito_pattern)
 
 
-def _peek_h5(path: Path, source: str, n_values: int) -> None:
+def _peek_h5(path: Path, source: str, n_values: int, mito_pattern: str | None = None) -> None:
     try:
         with h5py.File(path, "r") as f:
             if "matrix" in f:  # Cell Ranger v3+
@@ -94,6 +127,7 @@ def _peek_h5(path: Path, source: str, n_values: int) -> None:
                 names = group["gene_names"][:]
                 ftypes = None
             data = group["data"][:n_values]
+            n_cells = int(group["barcodes"].shape[0])
     except Exception as exc:  # OSError for corrupt/non-HDF5, KeyError/StopIteration for layout
         raise unreadable_h5(path, source, exc) from None
     check_counts(data, path, source, "the matrix", "")
@@ -108,6 +142,7 @@ def _peek_h5(path: Path, source: str, n_values: int) -> None:
             f"genes in '{path}' are Ensembl ids and no symbol column was found",
             ENSEMBL_FIX,
         )
+    check_genes_and_cells(names, n_cells, path, source, mito_pattern)
 
 
 def _peek_values(elem: h5py.Group | h5py.Dataset, n_values: int) -> np.ndarray:
@@ -120,11 +155,15 @@ def _peek_values(elem: h5py.Group | h5py.Dataset, n_values: int) -> np.ndarray:
     return elem[:rows].ravel()
 
 
-def _peek_h5ad(path: Path, counts_layer: str | None, source: str, n_values: int) -> None:
+def _peek_h5ad(
+    path: Path, counts_layer: str | None, source: str, n_values: int, mito_pattern: str | None = None
+) -> None:
     try:
         with h5py.File(path, "r") as f:
             elem, what, hint = h5ad_counts_elem(f, path, counts_layer, source)
             values = _peek_values(elem, n_values)
+            shape = elem.attrs["shape"] if isinstance(elem, h5py.Group) else elem.shape
+            n_cells = int(shape[0]) if len(shape) else 0
             var = f["var"]
             if isinstance(var, h5py.Group):
                 index_key = var.attrs.get("_index", "_index")
@@ -156,6 +195,8 @@ def _peek_h5ad(path: Path, counts_layer: str | None, source: str, n_values: int)
             f"var columns {', '.join(SYMBOL_COLUMNS)})",
             ENSEMBL_FIX,
         )
+    # Symbols may sit in a var column (Ensembl ids as names): the pattern is checked by the QC then.
+    check_genes_and_cells(names, n_cells, path, source, None if looks_ensembl(names) else mito_pattern)
 
 
 def peek_counts(
@@ -164,6 +205,7 @@ def peek_counts(
     counts_layer: str | None = None,
     source: str = "",
     n_values: int = 20000,
+    mito_pattern: str | None = None,
 ) -> None:
     """Cheaply check that ``path`` holds readable raw counts, without loading the matrix.
 
@@ -183,22 +225,26 @@ def peek_counts(
         Short label that prefixes error messages.
     n_values
         How many stored values to check for integrality.
+    mito_pattern
+        The QC's mitochondrial pattern (config ``qc.mito_pattern``): refused when it matches no
+        gene but matches some in another case (mouse ``mt-`` genes). None: not checked.
 
     Raises
     ------
     InputError
         The same problems :func:`read_counts` reports: unreadable or corrupt file, missing
-        counts layer, non-integer or negative values, Ensembl ids without symbols.
+        counts layer, non-integer or negative values, Ensembl ids without symbols; and no gene,
+        no cell, or a mitochondrial pattern of the wrong species.
     """
     path = Path(path)
     fmt = resolve_format(fmt, path, source)
     check_layer_arg(fmt, counts_layer, path, source)
     if fmt == "10x_mtx":
-        _peek_mtx(path, source, n_values)
+        _peek_mtx(path, source, n_values, mito_pattern)
     elif fmt == "10x_h5":
-        _peek_h5(path, source, n_values)
+        _peek_h5(path, source, n_values, mito_pattern)
     else:
-        _peek_h5ad(path, counts_layer, source, n_values)
+        _peek_h5ad(path, counts_layer, source, n_values, mito_pattern)
 
 
 def locate_count_file(path: str, fmt: str, report_undetected: bool, source: str) -> tuple[str, list[str]]:
@@ -245,10 +291,10 @@ def locate_count_file(path: str, fmt: str, report_undetected: bool, source: str)
     return detected, problems
 
 
-def peek_count_file(path: str, fmt: str, counts_layer: str, source: str) -> list[str]:
+def peek_count_file(path: str, fmt: str, counts_layer: str, source: str, mito_pattern: str | None = None) -> list[str]:
     """:func:`peek_counts` of a sheet row, every failure as one message (a reader bug included)."""
     try:
-        peek_counts(os.path.expanduser(path), fmt, counts_layer or None, source=source)
+        peek_counts(os.path.expanduser(path), fmt, counts_layer or None, source=source, mito_pattern=mito_pattern)
     except InputError as exc:
         return [str(exc)]
     except Exception as exc:  # a reader bug must still point at the sheet line

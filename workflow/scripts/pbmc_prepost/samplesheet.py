@@ -284,6 +284,7 @@ def _check_row(
     check_files: bool,
     seen_ids: dict[str, int],
     msgs: _Messages,
+    mito_pattern: str | None = None,
 ) -> dict[str, str]:
     """Validate one sample row; return the derived values (format, resolved_path, source)."""
     sample = row["sample"]
@@ -357,7 +358,7 @@ def _check_row(
         )
 
     if check_files and effective and len(msgs.problems) == before:
-        msgs.problems += preflight.peek_count_file(path, effective, layer, source)
+        msgs.problems += preflight.peek_count_file(path, effective, layer, source, mito_pattern)
     return {"format": effective, "resolved_path": resolved, "source": source}
 
 
@@ -561,6 +562,8 @@ def load_sample_sheet(
     contrast: Design | Contrast,
     extra_columns: Sequence[str] = (),
     check_files: bool = True,
+    mito_pattern: str | None = None,
+    mito_overrides: dict[str, str] | None = None,
 ) -> SheetReport:
     """Read and validate the sample sheet.
 
@@ -577,6 +580,9 @@ def load_sample_sheet(
         Also check each sample's count file: exists, readable, format matches, and a cheap
         :func:`pbmc_prepost.io.peek_counts` (raw integer counts, gene symbols, layer present).
         When False, no count file is opened and an empty format is guessed from the name.
+    mito_pattern, mito_overrides
+        Config ``qc.mito_pattern`` and the per-sample ones of ``qc.sample_overrides``: a count file
+        whose genes it misses but matches in another case (mouse ``mt-``) is refused.
 
     Returns
     -------
@@ -603,7 +609,8 @@ def load_sample_sheet(
     seen_ids: dict[str, int] = {}
     for line, values in rows:
         row = dict(zip(header, values, strict=True))
-        derived = _check_row(row, line, contrast, check_files, seen_ids, msgs)
+        pattern = (mito_overrides or {}).get(row["sample"], mito_pattern)
+        derived = _check_row(row, line, contrast, check_files, seen_ids, msgs, pattern)
         records.append({**row, **derived})
         lines.setdefault(row["sample"], line)
     msgs.raise_if_any()
