@@ -142,7 +142,9 @@ def test_a_mouse_matrix_says_which_patterns_to_set(folder):
     message = one_problem(sheet(*GOOD), 3, "no gene matches the mitochondrial pattern qc.mito_pattern '^MT-'")
     assert "'mt-Co1'" in message and "qc.mito_pattern: '^mt-'" in message
     # ... and with the mouse patterns set, the same matrix is accepted.
-    report = samplesheet.load_sample_sheet("samples.tsv", CONTRAST, mito_pattern="^MT-", mito_overrides={"D1_post": "^mt-"})
+    report = samplesheet.load_sample_sheet(
+        "samples.tsv", CONTRAST, mito_pattern="^MT-", mito_overrides={"D1_post": "^mt-"}
+    )
     assert "D1_post" in report.samples.index
 
 

@@ -263,5 +263,3 @@ def _parse_text_sections(config: dict, schema: dict, source: str, warnings: list
                 f"{parsed!r}. Fix: nothing, if that is what you meant; the form that always works is the "
                 f"section in a YAML file given with --configfile"
             )
-
-
