@@ -179,3 +179,44 @@ def test_inputs_are_never_written(folder):
     load(sheet(*GOOD))
     after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in Path("data").rglob("*") if p.is_file()}
     assert before == after and os.access("data/a.h5", os.R_OK)
+
+
+# ---- runs that go wrong downstream ----------------------------------------------------------------
+
+
+def test_a_sample_left_with_too_few_cells_is_left_out_of_the_merge_and_named(caplog):
+    from pbmc_prepost.design import Study
+    from pbmc_prepost.preprocess import merge_samples
+    from pbmc_prepost.provenance import fallbacks
+    from pbmc_prepost.settings import MergeSettings
+
+    from conftest import settings_of
+
+    meta = pd.DataFrame(
+        {"donor": ["D1", "D1", "D2"], "timepoint": ["pre", "post", "pre"], "batch": "b1"},
+        index=pd.Index(["D1_pre", "D1_post", "D2_pre"], name="sample"),
+    )
+    sizes = {"D1_pre": 30, "D1_post": 25, "D2_pre": 12}
+    objects = {}
+    for i, (sample, n) in enumerate(sizes.items()):
+        part = counts(i, n_cells=n)
+        part.obs_names = [f"{sample}:{b}" for b in part.obs_names]
+        objects[sample] = part
+    settings = settings_of(MergeSettings, study=Study.from_sheet(meta, CONTRAST))
+    with caplog.at_level(logging.WARNING, logger="pbmc_prepost.preprocess"):
+        merged = merge_samples(objects, settings)
+    assert set(merged.obs["sample"]) == {"D1_pre", "D1_post"} and merged.n_obs == 55
+    assert "sample D2_pre left out of the merged stage: 12 cells passed QC" in caplog.text
+    summary = pd.DataFrame({"sample": list(sizes), "cells_out": list(sizes.values()), "doublet_score_threshold": 0.2})
+    empty = pd.DataFrame(columns=["batch", "status", "detail"]), pd.DataFrame(columns=["cluster", "n_cells", "reason"])
+    table = fallbacks(summary, *empty, min_cells_per_sample=settings.min_cells_per_sample)
+    assert table[["step", "subject"]].values.tolist() == [["merge_samples", "D2_pre"]]
+    with pytest.raises(ValueError, match="no sample has merge.min_cells_per_sample = 100"):
+        merge_samples(objects, settings._replace(min_cells_per_sample=100))
+
+
+def test_a_nested_number_given_as_text_is_read_as_a_number():
+    config = validate_config({"merge": {"min_cells_per_sample": "500"}, "seed": "3"}, SCHEMA)
+    assert config["merge"]["min_cells_per_sample"] == 500 and config["seed"] == 3
+    with pytest.raises(InputError, match="seed = 'three' should be of type integer"):
+        validate_config({"seed": "three"}, SCHEMA)

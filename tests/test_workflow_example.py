@@ -177,7 +177,8 @@ def test_cell_type_labels_agree_with_truth(example_run, example_truth):
 
 def test_t_cell_share_rises_and_is_significant(example_run):
     test = pd.read_csv(example_run / "results" / "composition" / "test.tsv", sep="\t")
-    assert list(test.columns[:8]) == [
+    assert list(test.columns[:9]) == [
+        "contrast",
         "level",
         "population",
         "n_pairs",

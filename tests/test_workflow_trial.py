@@ -10,6 +10,7 @@ contrasts. Scored against the simulator's truth by tools/trial_accuracy.py.
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -19,8 +20,9 @@ from pbmc_prepost.simulation import PRESETS, simulate
 
 from conftest import ROOT, run_snakemake, write_cohort
 
-# Marked `trial` too: `make test` runs it beside the unit tests, which finish earlier than the
-# other workflow tests.
+# Marked `trial`: about 6 minutes on 2 cores, so `make test-trial` runs it and `make test` (20-minute
+# budget) leaves it out; the planted-interaction unit tests (tests/test_contrasts.py) and the null
+# trial (tests/test_workflow_null.py) run in `make test`.
 pytestmark = [pytest.mark.workflow, pytest.mark.trial]
 
 CONFIG = ROOT / "config" / "examples" / "placebo_controlled.yaml"
@@ -103,3 +105,16 @@ def test_truth_written_with_the_cohort_lists_the_arms(trial_run):
     workdir, truth, _ = trial_run
     written = json.loads((workdir / "data" / "truth" / "truth.json").read_text())
     assert written["donor_arms"] == truth["donor_arms"] and set(truth["donor_arms"].values()) == {"IL7", "placebo"}
+
+
+def test_report_has_a_subcategory_per_contrast(trial_run):
+    workdir, _, _ = trial_run
+    configs = ["--configfile", str(ROOT / "config" / "config.yaml"), str(CONFIG)]
+    run_snakemake(workdir, *configs, "--config", f"samples={workdir / 'samples.tsv'}", "--report", "report.html")
+    html = (workdir / "report.html").read_text(errors="ignore")
+    starts = {m.group(1): m.end() for m in re.finditer(r'"(\d\. [A-Za-z ]+)": \{', html)}
+    for category in ("0. Summary", "4. Composition", "5. Differential expression", "6. Enrichment"):
+        begin = starts[category]
+        end = min([s for s in starts.values() if s > begin] or [len(html)])
+        for name in ("il7_vs_placebo", "within_il7", "within_placebo"):
+            assert f'"{name}": [' in html[begin:end], (category, name)

@@ -56,6 +56,7 @@ rule record_provenance:
     params:
         config=config,
         contrasts=CONTRAST_SUPPORT.to_dict("list"),
+        min_cells_per_sample=config["merge"]["min_cells_per_sample"],
     script:
         "../scripts/record_provenance.py"
 

@@ -18,5 +18,5 @@ recorded = {
     name: read_tsv(smk.input[name], dtype={"cluster": str}, keep_default_na=False, na_values=[""])
     for name in ("qc_summary", "hvg_batches", "markers_untested")
 }
-write_tsv(provenance.fallbacks(**recorded), smk.output.fallbacks)
+write_tsv(provenance.fallbacks(**recorded, min_cells_per_sample=smk.params.min_cells_per_sample), smk.output.fallbacks)
 write_tsv(pd.DataFrame(smk.params.contrasts), smk.output.contrasts)

@@ -244,22 +244,36 @@ def _check_design(config: dict, source: str, problems: list[str]) -> None:
             )
 
 
-def _parse_text_sections(config: dict, schema: dict, source: str, warnings: list[str]) -> None:
-    """Sections that arrive as text (``snakemake --config doublets='{mean_center: true}'`` passes the
-    braces as a string) are read as YAML when that gives a mapping, with a warning naming the
-    form that always works; anything else is left for the schema to refuse."""
+def _parse_text_sections(config: dict, schema: dict, source: str, warnings: list[str], prefix: str = "") -> None:
+    """Values that arrive as text where the schema wants a section, a number, a flag or a list are
+    read as YAML when that gives the wanted type; anything else is left for the schema to refuse.
+
+    ``snakemake --config doublets='{mean_center: true}'`` passes the braces as a string, and a
+    nested value such as ``merge='{min_cells_per_sample: 500}'`` arrives as ``'500'``. A section
+    read this way is named in a warning (the form that always works is a --configfile).
+    """
+    wanted = {"object": (dict,), "integer": (int,), "number": (int, float), "boolean": (bool,), "array": (list,)}
     for key, sub in schema.get("properties", {}).items():
         value = config.get(key)
-        if sub.get("type") != "object" or not isinstance(value, str):
+        kinds = sub.get("type")
+        kinds = [kinds] if isinstance(kinds, str) else list(kinds or [])
+        if isinstance(value, dict) and "object" in kinds:
+            _parse_text_sections(value, sub, source, warnings, f"{prefix}{key}.")
+            continue
+        if not isinstance(value, str) or "string" in kinds or not kinds:
             continue
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError:
-            parsed = None
+            continue
+        types = tuple(t for kind in kinds for t in wanted.get(kind, ()))
+        if not types or not isinstance(parsed, types) or (isinstance(parsed, bool) and "boolean" not in kinds):
+            continue
+        config[key] = parsed
         if isinstance(parsed, dict):
-            config[key] = parsed
+            _parse_text_sections(parsed, sub, source, warnings, f"{prefix}{key}.")
             warnings.append(
-                f"{source}: `{key}` arrived as text ({value!r}) and was read as YAML, giving "
+                f"{source}: `{prefix}{key}` arrived as text ({value!r}) and was read as YAML, giving "
                 f"{parsed!r}. Fix: nothing, if that is what you meant; the form that always works is the "
                 f"section in a YAML file given with --configfile"
             )

@@ -35,6 +35,7 @@ def merge_samples(objects: Mapping[str, ad.AnnData], settings: MergeSettings) ->
         sample id -> AnnData with raw counts in ``X`` and obs names ``sample:barcode``; read twice,
         so a mapping that loads each sample on access keeps one sample in memory at a time.
     settings
+        ``min_cells_per_sample``: samples with fewer cells are left out (logged);
         ``min_cells_per_gene``: genes detected in fewer cells are dropped (scanpy
         ``filter_genes``); ``study``: the sheet columns copied into ``obs`` (donor, timepoint,
         batch ...).
@@ -45,17 +46,30 @@ def merge_samples(objects: Mapping[str, ad.AnnData], settings: MergeSettings) ->
         Raw counts in ``layers["counts"]`` and, until :func:`normalize` runs, in ``X`` too (the
         same matrix object, not a copy). Only genes present in every sample are kept.
     """
-    names = list(objects)
     min_cells_per_gene = settings.min_cells_per_gene
     sample_meta, meta_columns = settings.study.sample_meta(), settings.study.meta_columns
     # Two passes over the samples, one sample in memory at a time (``objects`` may load lazily, as
     # io.H5adFiles does): count the cells detecting each gene, then keep the genes that pass scanpy
     # filter_genes' rule (detected in at least min_cells_per_gene cells) before concatenating, so
     # the cells x genes matrix is built once.
-    detected = {}
-    for s in names:
+    detected, names = {}, []
+    for s in objects:
         sample = objects[s]
+        if sample.n_obs < settings.min_cells_per_sample:
+            log.warning(
+                "sample %s left out of the merged stage: %d cells passed QC, fewer than merge.min_cells_per_sample %d",
+                s,
+                sample.n_obs,
+                settings.min_cells_per_sample,
+            )
+            continue
+        names.append(s)
         detected[s] = pd.Series(np.asarray((sample.X > 0).sum(axis=0)).ravel(), index=sample.var_names)
+    if not names:
+        raise ValueError(
+            f"no sample has merge.min_cells_per_sample = {settings.min_cells_per_sample} cells after QC: "
+            "check the QC summary (results/qc/summary.tsv) and the QC thresholds"
+        )
     gene_sets = [set(detected[s].index) for s in names]
     common = set.intersection(*gene_sets)
     dropped = set.union(*gene_sets) - common

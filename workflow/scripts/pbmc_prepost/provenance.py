@@ -38,10 +38,16 @@ def software_versions() -> pd.DataFrame:
 FALLBACK_COLUMNS = ["step", "subject", "fallback", "reason"]
 
 
-def fallbacks(qc_summary: pd.DataFrame, hvg_batches: pd.DataFrame, markers_untested: pd.DataFrame) -> pd.DataFrame:
+def fallbacks(
+    qc_summary: pd.DataFrame,
+    hvg_batches: pd.DataFrame,
+    markers_untested: pd.DataFrame,
+    min_cells_per_sample: int = 1,
+) -> pd.DataFrame:
     """Every place where a step could not run as configured and fell back, one row each.
 
-    Samples without doublet calls (too few cells passed the metric filters), HVG batches that could
+    Samples without doublet calls (too few cells passed the metric filters), samples left out of
+    the merged stage (fewer cells than ``min_cells_per_sample`` after QC), HVG batches that could
     not be fitted on their own, and clusters too small for marker tests. Populations or gene sets
     that were not tested are in the DE summary and the enrichment tables with their reasons.
     """
@@ -54,6 +60,16 @@ def fallbacks(qc_summary: pd.DataFrame, hvg_batches: pd.DataFrame, markers_untes
         }
         for row in qc_summary.itertuples()
         if pd.isna(row.doublet_score_threshold)
+    ]
+    rows += [
+        {
+            "step": "merge_samples",
+            "subject": row.sample,
+            "fallback": "sample left out of the merged stage and every test",
+            "reason": f"{row.cells_out} cells passed QC, fewer than merge.min_cells_per_sample {min_cells_per_sample}",
+        }
+        for row in qc_summary.itertuples()
+        if row.cells_out < min_cells_per_sample
     ]
     rows += [
         {"step": "embed_cells", "subject": row.batch, "fallback": f"HVG ranking: {row.status}", "reason": row.detail}

@@ -82,12 +82,14 @@ class MergeSettings(NamedTuple):
     """Concatenation and shifted-log normalization (config ``merge``, ``normalize``)."""
 
     min_cells_per_gene: int
+    min_cells_per_sample: int
     target_sum: float | None
     study: Study
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], study: Study) -> MergeSettings:
-        return cls(config["merge"]["min_cells_per_gene"], config["normalize"]["target_sum"], study)
+        merge = config["merge"]
+        return cls(merge["min_cells_per_gene"], merge["min_cells_per_sample"], config["normalize"]["target_sum"], study)
 
 
 class EmbedSettings(NamedTuple):
