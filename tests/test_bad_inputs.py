@@ -211,7 +211,7 @@ def test_a_sample_left_with_too_few_cells_is_left_out_of_the_merge_and_named(cap
     empty = pd.DataFrame(columns=["batch", "status", "detail"]), pd.DataFrame(columns=["cluster", "n_cells", "reason"])
     table = fallbacks(summary, *empty, min_cells_per_sample=settings.min_cells_per_sample)
     assert table[["step", "subject"]].values.tolist() == [["merge_samples", "D2_pre"]]
-    with pytest.raises(ValueError, match="no sample has merge.min_cells_per_sample = 100"):
+    with pytest.raises(ValueError, match=r"no sample has merge\.min_cells_per_sample = 100"):
         merge_samples(objects, settings._replace(min_cells_per_sample=100))
 
 
