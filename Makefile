@@ -26,11 +26,12 @@ run: $(STAMP)
 # Everything, as CI runs it: the linters, then unit tests and whole-workflow runs, as three pytest
 # processes side by side (one alone leaves a core idle: unit tests are single-threaded, and the
 # SLURM test mostly waits for SLURM's status checks; pytest-xdist cannot keep it on one worker).
+# Workflow tests marked beside_unit run in the unit tests' process, which would finish first.
 # The workflow tests print as they go; the other two logs follow at the end.
 test: lint
 	@$(BIN)/python -m pytest tests/test_slurm.py > .test-slurm.log 2>&1 & slurm=$$!; \
-	$(BIN)/python -m pytest -m "not workflow" > .test-unit.log 2>&1 & unit=$$!; \
-	$(BIN)/python -m pytest -m "workflow and not trial" --ignore=tests/test_slurm.py; workflow=$$?; \
+	$(BIN)/python -m pytest -m "not workflow or beside_unit" > .test-unit.log 2>&1 & unit=$$!; \
+	$(BIN)/python -m pytest -m "workflow and not trial and not beside_unit" --ignore=tests/test_slurm.py; workflow=$$?; \
 	wait $$unit; unit_status=$$?; wait $$slurm; slurm_status=$$?; \
 	echo "---- unit tests (run beside the workflow tests) ----"; cat .test-unit.log; \
 	echo "---- tests/test_slurm.py (run beside the workflow tests) ----"; cat .test-slurm.log; \

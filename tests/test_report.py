@@ -343,15 +343,22 @@ def test_report_needs_nothing_from_the_network(report):
         assert embedded == (report.parent / path).read_bytes(), f"{path}: embedded bytes differ from the file"
 
 
-def _open_category(browser: DevTools, category: str) -> None:
-    """Reload (the app keeps its view in memory only) and click the category in the menu."""
-    browser.load()
-    entry = f"[...document.querySelectorAll('nav a')].filter(a => a.innerText.trim() === {json.dumps(category)})"
-    browser.wait_until(f"{LOADED} && {entry}.length", f"menu entry {category!r}")
+def _click_menu_entry(browser: DevTools, name: str) -> None:
+    entry = f"[...document.querySelectorAll('nav a')].filter(a => a.innerText.trim() === {json.dumps(name)})"
+    browser.wait_until(f"{LOADED} && {entry}.length", f"menu entry {name!r}")
     hits = browser.evaluate(
         f"(() => {{ const hits = {entry}; if (hits.length === 1) hits[0].click(); return hits.length; }})()"
     )
-    assert hits == 1, f"{hits} menu entries named {category!r}"
+    assert hits == 1, f"{hits} menu entries named {name!r}"
+
+
+def _open_category(browser: DevTools, category: str, subcategory: str | None = None) -> None:
+    """Reload (the app keeps its view in memory only), click the category in the menu and, in a
+    category with subcategories (one per contrast ...), the subcategory."""
+    browser.load()
+    _click_menu_entry(browser, category)
+    if subcategory is not None:
+        _click_menu_entry(browser, subcategory)
 
 
 def _row(labels: list[str]) -> str:
@@ -391,9 +398,21 @@ def test_report_renders_offline_and_shows_headline_figures(report, browser, tmp_
 
     for path, category in HEADLINE.items():
         assert path in [p for paths in categories[category].values() for p in paths], f"{path} not in {category}"
-        _open_category(browser, category)
-        # The figure's row (the one showing its labels); its first button shows the figure.
-        row = _row([value for value in results[path]["labels"].values() if value])
+        subcategory = next(name for name, paths in categories[category].items() if path in paths)
+        _open_category(browser, category, subcategory if len(categories[category]) > 1 else None)
+        # A label with two values is a toggle above the table (a subcategory of two figures): set it.
+        # The figure's row is then the one showing its other labels; its first button shows it.
+        shown_labels = []
+        for key, value in results[path]["labels"].items():
+            if not value:
+                continue
+            toggle = json.dumps(f'label[for="toggle-{key}-{value}"]')
+            toggled = browser.evaluate(
+                f"(() => {{ const t = document.querySelector({toggle}); if (t) t.click(); return !!t; }})()"
+            )
+            if not toggled:
+                shown_labels.append(value)
+        row = _row(shown_labels)
         rows = browser.wait_until(f"{row}.length", f"the row of {path} in {category}")
         assert rows == 1, f"{rows} rows in {category} match the labels of {path}"
         browser.evaluate(f"{row}[0].querySelector('td:last-child a').click()")

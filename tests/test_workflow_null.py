@@ -11,7 +11,8 @@ from pbmc_prepost.simulation import PRESETS, simulate
 
 from conftest import ROOT, recorded_tables_differ, run_snakemake, write_cohort
 
-pytestmark = pytest.mark.workflow
+# beside_unit: make test runs it in the unit tests' process (they would finish minutes earlier).
+pytestmark = [pytest.mark.workflow, pytest.mark.beside_unit]
 
 
 #: Every kind of contrast on the null trial: two differences of changes, one over every donor, one

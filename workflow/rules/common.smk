@@ -193,7 +193,8 @@ def de_tables(wildcards):
 
 def per_contrast(pattern, caption=None, category=None, labels=None):
     """One path per contrast (config order), other wildcards kept; with a caption, each path is in
-    the report under its contrast's subcategory, with a ``contrast`` label."""
+    the report under its contrast's subcategory (the subcategory names the contrast, so the labels
+    need not: a label shared by every row changes how the report lays its table out)."""
     paths = []
     for name in CONTRASTS:
         path = pattern.replace("{contrast}", name)
@@ -203,7 +204,7 @@ def per_contrast(pattern, caption=None, category=None, labels=None):
                 caption=caption,
                 category=category,
                 subcategory=name,
-                labels={"contrast": name, **(labels or {})},
+                labels=labels or {},
             )
         paths.append(path)
     return paths
