@@ -18,8 +18,9 @@ import pytest
 from pbmc_prepost import InputError, arms, composition, de
 from pbmc_prepost.configuration import validate_config
 from pbmc_prepost.design import Contrast, Design
-from pbmc_prepost.samplesheet import contrast_support, load_sample_sheet
+from pbmc_prepost.samplesheet import load_sample_sheet
 from pbmc_prepost.settings import SCHEMA, DESettings, build_settings, default_config
+from pbmc_prepost.sheet_design import contrast_support
 
 from conftest import ROOT, settings_of
 

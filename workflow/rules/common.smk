@@ -18,7 +18,8 @@ from pbmc_prepost import InputError  # noqa: E402
 from pbmc_prepost.configuration import validate_config  # noqa: E402
 from pbmc_prepost.design import Design, Study  # noqa: E402
 from pbmc_prepost.io import locate_mtx  # noqa: E402
-from pbmc_prepost.samplesheet import contrast_support, load_sample_sheet  # noqa: E402
+from pbmc_prepost.samplesheet import load_sample_sheet  # noqa: E402
+from pbmc_prepost.sheet_design import contrast_support  # noqa: E402
 from pbmc_prepost.settings import build_settings  # noqa: E402
 
 # numba compiles scanpy/pynndescent/UMAP kernels on first use in every new process; a persistent

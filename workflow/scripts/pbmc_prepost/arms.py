@@ -7,7 +7,7 @@ resolves, interferon tone fades); the control arm's change is that course, and o
 the drug's. The unit is the donor: one change per donor (treated minus reference), compared
 between the arms by least squares, ``change ~ arm + donor-level covariates`` (a two-sample t-test
 when there are no covariates). The pseudobulk DE fits the same question as the arm x time
-interaction of ``~donor + time + time:arm`` (:func:`pbmc_prepost.de.choose_design`).
+interaction of ``~donor + time + time:arm`` (:func:`pbmc_prepost.de_design.choose_design`).
 """
 
 from __future__ import annotations

@@ -556,7 +556,7 @@ def enrich_contrasts(
         Every contrast's rows, ``contrast`` first, contrasts in config order.
     """
     results: tuple[list, list] = ([], [])
-    for contrast in settings.contrasts or (settings.contrast,):
+    for contrast in settings.contrasts:
         own = {label: table for (name, label), table in tables.items() if name == contrast.name}
         pb = pseudobulk[contrast.sample_mask(pseudobulk.obs)]
         frames = enrich_populations(

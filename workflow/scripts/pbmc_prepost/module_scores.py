@@ -426,7 +426,7 @@ def score_populations(
     sample_meta = adata.obs.drop_duplicates("sample").set_index("sample")
     notes = annotation_notes or {}
     tests = []
-    for contrast in settings.contrasts or (settings.contrast,):
+    for contrast in settings.contrasts:
         test = contrast_score_test(scores, contrast, settings.min_pairs, sample_meta)
         test["note"] = [
             "; ".join(n for n in (note, notes.get(p, "")) if n) for p, note in zip(test["population"], test["note"])

@@ -195,7 +195,7 @@ def pseudobulk_for_contrast(
     contrast = settings.contrast
     meta = [contrast.column]
     extra = [contrast.pair_by, batch_col]
-    for c in settings.contrasts or (contrast,):
+    for c in settings.contrasts:
         extra += [c.arm_column, *c.covariates]
     meta += [c for c in dict.fromkeys(extra) if c and c in adata.obs.columns and c not in meta]
     return pseudobulk(adata, settings.level, sample_col=sample_col, layer="counts", meta_columns=meta)
