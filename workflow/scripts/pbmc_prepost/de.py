@@ -67,14 +67,6 @@ def _group_label(pb_group: ad.AnnData, level: str) -> str:
     return "all"
 
 
-def _pairs_per_arm(meta: pd.DataFrame, contrast: Contrast) -> dict[str, int]:
-    """Donors with both levels, per arm of a two-arm contrast."""
-    levels = meta.groupby(meta[contrast.pair_by].astype(str))[contrast.column].nunique()
-    complete = levels.index[levels == 2]
-    arm_of = meta.groupby(meta[contrast.pair_by].astype(str))[contrast.arm_column].first().astype(str)
-    return {arm: int((arm_of.loc[complete] == arm).sum()) for arm in contrast.arms}
-
-
 def _summary(label: str, **values) -> dict:
     row = {
         "population": label,
@@ -155,7 +147,7 @@ def fit_population(
         note=design.note,
     )
     if contrast.is_interaction:
-        pairs_per_arm = _pairs_per_arm(meta, contrast) if design.paired else dict.fromkeys(contrast.arms, 0)
+        pairs_per_arm = contrast.pairs_per_arm(meta) if design.paired else dict.fromkeys(contrast.arms, 0)
         if min(pairs_per_arm.values()) < settings.min_pairs:
             text = ", ".join(f"{n} {arm}" for arm, n in pairs_per_arm.items())
             reason = f"complete {contrast.pair_by} pairs per arm ({text}) < min_pairs {settings.min_pairs}"

@@ -91,6 +91,19 @@ class Contrast:
             mask &= np.array(meta[self.arm_column].astype(str).isin(self.arms), dtype=bool)
         return mask
 
+    def pairs_per_arm(self, meta: pd.DataFrame) -> dict[str, int]:
+        """Donors of ``meta`` (samples or pseudobulks) with both levels of this contrast, per arm
+        (``{"all": n}`` when the contrast names no arm). Rows without a donor do not count."""
+        rows = meta[self.sample_mask(meta)]
+        donor = rows[self.pair_by].astype(str)
+        rows, donor = rows[donor != ""], donor[donor != ""]
+        levels = rows.groupby(donor)[self.column].nunique()
+        complete = levels.index[levels == 2]
+        if not self.arms:
+            return {"all": len(complete)}
+        arm_of = rows.groupby(donor)[self.arm_column].first().astype(str)
+        return {arm: int((arm_of.loc[complete] == arm).sum()) for arm in self.arms}
+
     def describe(self) -> str:
         """The contrast in words, e.g. ``post vs pre in IL7 minus post vs pre in placebo``."""
         change = f"{self.treated} vs {self.reference}"

@@ -84,22 +84,14 @@ def contrast_support(samples: pd.DataFrame, design: Design) -> pd.DataFrame:
     rows = []
     pair = design.pair_by
     for c in design.contrasts:
-        frame = samples[c.sample_mask(samples)] if pair in samples.columns else samples.iloc[:0]
-        frame = frame[frame[pair] != ""] if pair in frame.columns else frame
-        levels = frame.groupby(pair)[design.column].nunique()
-        complete = levels.index[levels == 2]
         arms = c.arms or ("all",)
-        if c.arms:
-            arm_of = frame.groupby(pair)[design.arm].first()
-            per_arm = {a: int((arm_of.loc[complete] == a).sum()) for a in arms}
-        else:
-            per_arm = {"all": len(complete)}
+        per_arm = c.pairs_per_arm(samples) if pair in samples.columns else dict.fromkeys(arms, 0)
         rows.append(
             {
                 "contrast": c.name,
                 "description": c.describe(),
                 "arm": " vs ".join(arms),
-                "n_donors": len(complete),
+                "n_donors": sum(per_arm.values()),
                 "donors_per_arm": "; ".join(f"{a}: {n}" for a, n in per_arm.items()),
                 "min_donors_per_arm": min(per_arm.values()),
             }
