@@ -102,6 +102,12 @@ class SimulationParams:
     disease_course: bool = False
     drug_by_timepoint: tuple[float, ...] = ()
     course_by_timepoint: tuple[float, ...] = ()
+    # Processing batches: the healthy cells' median mitochondrial share per batch, donors assigned
+    # in turn (empty: one batch at mito_fraction, and the sheet's `batch` column left empty).
+    mito_by_batch: tuple[float, ...] = ()
+    # A QC artefact: the healthy cells of one lineage at one timepoint carry `factor` times the
+    # mitochondrial share, e.g. {"lineage": "CD14 mono", "timepoint": "post", "factor": 3.0}.
+    mito_artefact: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -345,6 +351,8 @@ def simulate(params: SimulationParams | None = None) -> SimulatedData:
         donor_comp = np.exp(drng.normal(0, 0.25, n_subsets))
         response = np.exp(drng.normal(0, params.donor_response_sd))
         sex = "female" if d % 2 == 0 else "male"
+        batch = f"B{d % len(params.mito_by_batch) + 1}" if params.mito_by_batch else ""
+        mito_median = params.mito_by_batch[d % len(params.mito_by_batch)] if batch else params.mito_fraction
         for t, timepoint in enumerate(params.timepoints):
             sample = f"{donor}_{timepoint}"
             srng = np.random.default_rng([params.seed, 2, d, t])
@@ -381,7 +389,10 @@ def simulate(params: SimulationParams | None = None) -> SimulatedData:
             profile = np.exp(log_mu)
             profile /= profile.sum(1, keepdims=True)
             dying = srng.random(n_cells) < params.dying_fraction
-            mito_share = np.clip(params.mito_fraction * np.exp(srng.normal(0, 0.12, n_cells)), 0.005, 0.2)
+            mito_share = np.clip(mito_median * np.exp(srng.normal(0, 0.12, n_cells)), 0.005, 0.2)
+            artefact = params.mito_artefact
+            if artefact and artefact["timepoint"] == timepoint:
+                mito_share[lineage_of[types] == artefact["lineage"]] *= artefact["factor"]
             mito_share[dying] = srng.uniform(0.2, 0.6, dying.sum())
             mito_weights = np.exp(drng.normal(0, 0.3, is_mito.sum()))
             mito_weights /= mito_weights.sum()
@@ -463,6 +474,7 @@ def simulate(params: SimulationParams | None = None) -> SimulatedData:
                     "donor": donor,
                     "timepoint": timepoint,
                     **({"arm": arms[d]} if params.n_placebo else {}),
+                    **({"batch": batch} if batch else {}),
                     "sex": sex,
                     "n_barcodes": adata.n_obs,
                     "stress_log_shift": round(stress, 4),

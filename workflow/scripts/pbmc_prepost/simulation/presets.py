@@ -42,6 +42,13 @@ PRESETS = {
     "tiny": SimulationParams(n_donors=3, cells_per_sample=400, n_genes=1500),
     # Shallow, real-looking data (tests/test_workflow_shallow.py, tests/test_annotate.py).
     "realistic": _REALISTIC,
+    # QC (tests/test_qc_cohorts.py): two processing batches whose healthy cells sit at a median of
+    # 5.5 % and 6.9 % mitochondrial reads, and a cohort whose CD14 monocytes carry 3x the
+    # mitochondrial share in post samples only (a handling artefact the QC bias check must name).
+    "mito_batches": replace(_SMALL, mito_by_batch=(0.055, 0.069), seed=20261204),
+    "qc_artefact": replace(
+        _SMALL, mito_artefact={"lineage": "CD14 mono", "timepoint": "post", "factor": 3.0}, seed=20261205
+    ),
     # Trial designs (tests/test_workflow_trial.py; config/examples/placebo_controlled.yaml).
     "trial": _TRIAL,
     # The null twin, smaller and with three timepoints: no drug, no course, 4 donors per arm

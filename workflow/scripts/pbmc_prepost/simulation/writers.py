@@ -211,6 +211,7 @@ def write_dataset(
     rows = []
     truth_frames = []
     arm_of = {row["sample"]: row["arm"] for row in data.truth["samples"] if "arm" in row}
+    batch_of = {row["sample"]: row.get("batch", "") for row in data.truth["samples"]}
     for i, (sample, adata) in enumerate(data.samples.items()):
         this_layout = layout
         if layout == "mixed":
@@ -227,7 +228,7 @@ def write_dataset(
                 "donor": donor,
                 "timepoint": timepoint,
                 **({"arm": arm_of[sample]} if arm_of else {}),
-                "batch": "",
+                "batch": batch_of.get(sample, ""),
                 "path": str(path),
                 "format": fmt,
                 "counts_layer": layer,
