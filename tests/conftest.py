@@ -9,14 +9,22 @@ Tests that change an object take a copy.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import scipy.sparse as sp
 
@@ -81,6 +89,91 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 
             f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
         )
     return result
+
+
+def marked_incomplete(workdir: Path) -> set[str]:
+    """Outputs of jobs Snakemake started and has not finished (.snakemake/incomplete/<base64 of path>)."""
+    folder = workdir / ".snakemake" / "incomplete"
+    names = os.listdir(folder) if folder.is_dir() else []
+    return {base64.urlsafe_b64decode(name).decode() for name in names if name != "migration_underway"}
+
+
+def alive_in_group(pgid: int) -> list[int]:
+    alive = []
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                alive.append(proc.pid)
+        except (OSError, psutil.Error):
+            pass
+    return alive
+
+
+def run_and_kill(workdir: Path, args: tuple[str, ...], kill_point: Callable[[], bool], log: Path) -> None:
+    """Start the workflow with ``args``, SIGKILL it and its jobs once ``kill_point()`` holds, and
+    wait until every process of the run is gone (as a node crash or ``kill -9`` leaves a run)."""
+    with open(log, "w") as out:
+        # A process group of its own, so that one kill takes the jobs too.
+        proc = subprocess.Popen(
+            snakemake_command(workdir, *args),
+            cwd=workdir,
+            env=SNAKEMAKE_ENV,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 1200
+            while not kill_point():
+                assert proc.poll() is None, log.read_text()[-4000:]
+                assert time.monotonic() < deadline, "the kill point was never reached"
+                time.sleep(0.005)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for _ in range(100):
+        if not alive_in_group(proc.pid):
+            break
+        time.sleep(0.1)
+    assert not alive_in_group(proc.pid), "job processes outlived the kill"
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder``."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[bool]:
+    """Make ``folder`` read-only while the block runs: a read-only bind mount onto itself when
+    running as root (root ignores file modes), which the block's processes cannot write through.
+    Yields whether the mount was made (False: not root, or mounts are not allowed here)."""
+    mounted = os.geteuid() == 0 and all(
+        subprocess.run(command, capture_output=True).returncode == 0
+        for command in (
+            ["mount", "--bind", str(folder), str(folder)],
+            ["mount", "-o", "remount,ro,bind", str(folder)],
+        )
+    )
+    try:
+        yield mounted
+    finally:
+        if os.geteuid() == 0:
+            # The bind (when only the first command worked) or the read-only bind.
+            while subprocess.run(["mountpoint", "-q", str(folder)]).returncode == 0:
+                if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+                    break
+
+
+def mtimes(workdir: Path) -> dict[str, int]:
+    return {
+        p.relative_to(workdir).as_posix(): p.stat().st_mtime_ns for p in (workdir / "results").rglob("*") if p.is_file()
+    }
 
 
 def apt_install(*packages: str) -> None:
@@ -166,10 +259,17 @@ def null_cells(null_cohort) -> ad.AnnData:
 
 @pytest.fixture(scope="session")
 def example_run(tmp_path_factory) -> Path:
-    """The whole workflow run once on the embedded example, in a scratch folder."""
+    """The whole workflow run once on the embedded example, in a scratch folder, with its inputs
+    (``resources/``: matrices, markers, gene sets) read-only and hashed before and after
+    (``inputs.json`` in the run folder: tests/test_workflow_example.py)."""
     workdir = tmp_path_factory.mktemp("example_run")
     sheet = absolute_sheet(ROOT / "config" / "samples.tsv", ROOT, workdir / "samples.tsv")
-    run_snakemake(workdir, "--config", f"samples={sheet}")
+    inputs = ROOT / "resources"
+    before = {**file_digests(inputs), "samples.tsv": file_digests(workdir)["samples.tsv"]}
+    with read_only(inputs) as mounted:
+        run_snakemake(workdir, "--config", f"samples={sheet}")
+    after = {**file_digests(inputs), "samples.tsv": file_digests(workdir)["samples.tsv"]}
+    (workdir / "inputs.json").write_text(json.dumps({"read_only_mount": mounted, "before": before, "after": after}))
     return workdir
 
 

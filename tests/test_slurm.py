@@ -3,13 +3,14 @@
 A one-node SLURM cluster is set up on this machine: Debian's slurm-wlm and munge are installed with
 apt-get when missing, a private munged (own key and socket) is started, /etc/slurm/slurm.conf is
 written for this host (2 CPUs, the machine's memory minus 2 GB, select/cons_tres with
-CR_Core_Memory, no cgroups, no accounting database) and slurmctld and slurmd are started. Job
+CR_Core_Memory, memory enforced by slurmstepd's sampling, no cgroups, no accounting database) and slurmctld and slurmd are started. Job
 states are read with squeue (`--slurm-status-command squeue`; MinJobAge keeps finished jobs
 visible for an hour), since `sacct` would need slurmdbd and a database. Everything is stopped
 and the configuration removed afterwards, also when a test fails.
 
 A small simulated cohort (3 donors x pre/post) runs once locally and once through SLURM, at the
-same time; the tables must agree. Needs root and apt-get, else skipped. About 5-8 minutes.
+same time; the tables must agree. Then one job is given too little memory: SLURM kills it, and
+Snakemake's retry with more memory succeeds. Needs root and apt-get, else skipped. About 5-8 minutes.
 """
 
 from __future__ import annotations
@@ -140,7 +141,12 @@ SlurmdDebug=info
 # No cgroups: processes tracked through /proc, no task containment.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
+# Memory is enforced without cgroups: slurmstepd samples each job's processes every second and
+# kills a job that exceeds its --mem ("Exceeded job memory limit", state FAILED), as a cluster's
+# cgroup limit would (state OUT_OF_MEMORY there).
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=OverMemoryKill
 # No slurmdbd: sacct does not work, jobs are followed with squeue; every finished job is written
 # to a text file (the job history the test checks).
 AccountingStorageType=accounting_storage/none
@@ -275,12 +281,19 @@ def slurm_cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def slurm_and_local_runs(slurm_cluster, tmp_path_factory):
-    """A small cohort run locally and through SLURM (profiles/slurm), at the same time."""
+def tiny_cohort(tmp_path_factory) -> Path:
+    """The sample sheet of a small simulated cohort (3 donors x pre/post), written once."""
     base = tmp_path_factory.mktemp("slurm_runs")
-    data = simulate(PRESETS["tiny"])
     sheet = base / "samples.tsv"
-    write_dataset(data, base / "data", sheet, layout="10x_h5")
+    write_dataset(simulate(PRESETS["tiny"]), base / "data", sheet, layout="10x_h5")
+    return sheet
+
+
+@pytest.fixture(scope="module")
+def slurm_and_local_runs(slurm_cluster, tiny_cohort):
+    """A small cohort run locally and through SLURM (profiles/slurm), at the same time."""
+    sheet = tiny_cohort
+    base = sheet.parent
     local, slurm = base / "local", base / "slurm"
     local.mkdir()
     slurm.mkdir()
@@ -463,3 +476,44 @@ def test_slurm_run_gives_the_local_de_tables(slurm_and_local_runs):
     for name in names:
         if (local / "results" / "de" / "post_vs_pre" / name).stat().st_size:
             assert_same_table(*(run / "results" / "de" / "post_vs_pre" / name for run in (local, slurm)))
+
+
+def test_a_job_out_of_memory_is_retried_with_more_and_succeeds(slurm_cluster, tiny_cohort, tmp_path):
+    """One QC job given a tenth of its memory: SLURM kills it for exceeding it, and the profile's
+    retry, with config resources.retry_growth, asks for enough and finishes."""
+    sheet = tiny_cohort
+    sample = pd.read_csv(sheet, sep="\t")["sample"].iloc[0]
+    (tmp_path / "little_memory.yaml").write_text("resources: {scale: 0.1, retry_growth: 30}\n")
+    result = run_snakemake(
+        tmp_path,
+        f"results/qc/{sample}.h5ad",
+        "--profile",
+        str(ROOT / "profiles" / "slurm"),
+        "--configfile",
+        str(ROOT / "config" / "config.yaml"),
+        str(tmp_path / "little_memory.yaml"),
+        "--config",
+        f"samples={sheet}",
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-no-account",
+        "--slurm-init-seconds-before-status-checks",
+        "5",
+        check=False,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-6000:]
+    jobs = sorted(_submitted_jobs(result.stderr).items())
+    assert [job["rule"] for _, job in jobs] == ["qc_sample", "qc_sample"], jobs
+    (first_id, first), (second_id, second) = jobs
+    records = _jobcomp_records(slurm_cluster["jobcomp"])
+    # SLURM's record and the job's log: the first attempt killed for exceeding its memory (without
+    # cgroups slurmstepd kills it with signal 9 and SLURM records FAILED; a cgroup limit would
+    # record OUT_OF_MEMORY), the retry with 31x the memory completed.
+    assert records[first_id]["JobState"] == "FAILED" and records[first_id]["ExitCode"] == "0:9", records[first_id]
+    (log,) = (tmp_path / ".snakemake" / "slurm_logs").rglob(f"{first_id}.log")
+    assert "Exceeded job memory limit" in log.read_text()
+    assert records[second_id]["JobState"] == "COMPLETED", records[second_id]
+    assert second["mem_mb"] == pytest.approx(31 * first["mem_mb"], rel=0.01)
+    assert _mem_mb(records[first_id]["Tres"]) == first["mem_mb"] < 300
+    assert (tmp_path / "results" / "qc" / f"{sample}.h5ad").exists()

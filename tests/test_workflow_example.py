@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -41,6 +43,17 @@ def test_cells_table_has_every_input_barcode(example_run, example_truth):
     failed = cells[~cells["qc_pass"]]
     assert (failed["fail_reason"] != "").all()
     assert (cells.loc[cells["qc_pass"], "fail_reason"] == "").all()
+
+
+def test_the_run_needs_no_write_access_to_its_inputs_and_changes_none(example_run):
+    # example_run ran with resources/ (matrices, markers, gene sets) under a read-only mount.
+    record = json.loads((example_run / "inputs.json").read_text())
+    changed = sorted(
+        k for k in record["before"].keys() | record["after"].keys() if record["before"].get(k) != record["after"].get(k)
+    )
+    assert len(record["before"]) > 20 and not changed, changed
+    if not record["read_only_mount"]:
+        pytest.skip("not root: the inputs were hashed before and after, but not mounted read-only")
 
 
 def test_qc_removes_dying_cells_and_doublets_but_keeps_healthy_singlets(example_run, example_truth):

@@ -1,39 +1,35 @@
-"""A run killed with SIGKILL in the merged stage resumes; two runs from scratch give identical results.
+"""A run killed with SIGKILL in the merged stage resumes; two runs from scratch give identical results;
+a job killed during DE is redone alone.
 
 Run A is the session's ``example_run``; run B starts from scratch in its own folder, is killed in the
-merged stage, and resumed. Together they cost one extra workflow run.
+merged stage, and resumed. Together they cost one extra workflow run. The DE kill reruns one
+population of a copy of run A.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import hashlib
-import os
 import re
-import signal
-import subprocess
-import time
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
-import psutil
 import pytest
 
-from conftest import ROOT, SNAKEMAKE_ENV, absolute_sheet, run_snakemake, snakemake_command
+from conftest import (
+    ROOT,
+    absolute_sheet,
+    marked_incomplete,
+    mtimes,
+    run_and_kill,
+    run_snakemake,
+)
 
 pytestmark = pytest.mark.workflow
 
 MERGED = "results/merged/merged.h5ad"
 EMBEDDING = "results/merged/embedding.h5ad"
-
-
-def marked_incomplete(workdir: Path) -> set[str]:
-    """Outputs of jobs Snakemake started and has not finished (.snakemake/incomplete/<base64 of path>)."""
-    folder = workdir / ".snakemake" / "incomplete"
-    names = os.listdir(folder) if folder.is_dir() else []
-    return {base64.urlsafe_b64decode(name).decode() for name in names if name != "migration_underway"}
 
 
 def kill_point_reached(workdir: Path) -> bool:
@@ -42,55 +38,14 @@ def kill_point_reached(workdir: Path) -> bool:
     return (MERGED in marked and (workdir / MERGED).exists()) or EMBEDDING in marked
 
 
-def alive_in_group(pgid: int) -> list[int]:
-    alive = []
-    for proc in psutil.process_iter(["status"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                alive.append(proc.pid)
-        except (OSError, psutil.Error):
-            pass
-    return alive
-
-
-def mtimes(workdir: Path) -> dict[str, int]:
-    return {
-        p.relative_to(workdir).as_posix(): p.stat().st_mtime_ns for p in (workdir / "results").rglob("*") if p.is_file()
-    }
-
-
 @pytest.fixture(scope="module")
 def resumed_run(tmp_path_factory) -> SimpleNamespace:
     """Run B: from scratch, SIGKILLed with its jobs in the merged stage, then resumed."""
     workdir = tmp_path_factory.mktemp("resumed_run")
     sheet = absolute_sheet(ROOT / "config" / "samples.tsv", ROOT, workdir / "samples.tsv")
     config = ("--config", f"samples={sheet}")
-    with open(workdir / "killed_run.log", "w") as log:
-        # A process group of its own, so that one kill takes the jobs too.
-        proc = subprocess.Popen(
-            snakemake_command(workdir, *config),
-            cwd=workdir,
-            env=SNAKEMAKE_ENV,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + 1200
-            while not kill_point_reached(workdir):
-                assert proc.poll() is None, (workdir / "killed_run.log").read_text()[-4000:]
-                assert time.monotonic() < deadline, "the merged stage never started"
-                time.sleep(0.005)  # merged.h5ad takes ~0.5 s to write
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    for _ in range(100):
-        if not alive_in_group(proc.pid):
-            break
-        time.sleep(0.1)
-    assert not alive_in_group(proc.pid), "job processes outlived the kill"
-
+    # merged.h5ad takes ~0.5 s to write: the kill point is polled every 5 ms.
+    run_and_kill(workdir, config, lambda: kill_point_reached(workdir), workdir / "killed_run.log")
     run = SimpleNamespace(workdir=workdir, killed=marked_incomplete(workdir), before=mtimes(workdir))
     run.partial = {f for f in run.killed if f in run.before}
     # A SIGKILLed Snakemake cannot remove its lock: without --unlock the rerun stops with LockException.
@@ -158,3 +113,37 @@ def test_two_runs_from_scratch_give_identical_results(example_run, resumed_run):
     assert a.keys() == b.keys(), sorted(a.keys() ^ b.keys())
     differing = sorted(f for f in a if a[f] != b[f])
     assert not differing, f"{len(differing)} of {len(a)} files differ between two runs: {differing}"
+
+
+def test_a_job_killed_during_de_is_redone_alone(example_run, tmp_path):
+    """SIGKILL while one population's DE job runs: the rerun redoes that population only, and its
+    table is the one an uninterrupted run wrote."""
+    workdir = tmp_path / "run"
+    shutil.copytree(example_run, workdir, symlinks=True)  # copy2 keeps modification times
+    population, table = "CD4_T", "results/de/post_vs_pre/CD4_T.tsv"
+    (workdir / table).unlink()
+    before = mtimes(workdir)
+    config = ("--config", f"samples={workdir / 'samples.tsv'}")
+    targets = tuple(f"results/de/post_vs_pre/{p}.tsv" for p in ("B", "CD4_T", "CD8_T", "NK"))
+
+    def fitting() -> bool:
+        # The job has started (Snakemake marks its outputs incomplete) and is past its imports.
+        return table in marked_incomplete(workdir) and (workdir / "logs/fit_de/CD4_T.log").stat().st_size > 0
+
+    run_and_kill(workdir, (*targets, *config), fitting, tmp_path / "killed.log")
+    assert table in marked_incomplete(workdir) and not (workdir / table).exists()
+    # The killed run's lock is left behind, as a live run's is: a second run on the same folder is
+    # refused, before any job, until the first ends or `--unlock` (README, "After a crash or kill").
+    killed = mtimes(workdir)
+    locked = run_snakemake(workdir, *targets, *config, check=False)
+    assert locked.returncode != 0 and "cannot be locked" in locked.stdout + locked.stderr, locked.stderr[-3000:]
+    assert mtimes(workdir) == killed
+    run_snakemake(workdir, *config, "--unlock")
+    rerun = run_snakemake(workdir, *targets, *config)
+    jobs = re.findall(r"^(?:local)?rule (\w+):\n(?:.*\n)*?\s+wildcards: (.*)$", rerun.stderr, flags=re.M)
+    assert jobs == [("fit_de", f"population={population}")], jobs
+    after = mtimes(workdir)
+    rewritten = sorted(f for f, t in before.items() if after[f] != t)
+    assert all(population in f for f in rewritten), rewritten
+    assert (workdir / table).read_bytes() == (example_run / table).read_bytes()
+    assert not marked_incomplete(workdir)

@@ -132,8 +132,9 @@ def qc_settings(wildcards):
     return SETTINGS.qc(wildcards.sample)
 
 
-def scaled(base_mb, per_input_mb=0.0, per_attempt=0.5):
-    """Memory (MB) from the input size, escalated by attempt and scaled by config resources.scale.
+def scaled(base_mb, per_input_mb=0.0):
+    """Memory (MB) from the input size, scaled by config resources.scale and grown on every retry
+    by resources.retry_growth times the first attempt's.
 
     The per-MB coefficients of the heavy rules are fitted to the peaks measured at 100k and 200k
     cells (docs/benchmarks.md): the first attempt declares at least 1.15x the measured peak.
@@ -141,7 +142,7 @@ def scaled(base_mb, per_input_mb=0.0, per_attempt=0.5):
     """
 
     def mem_mb(wildcards, input, attempt):
-        grow = 1.0 + per_attempt * (attempt - 1)
+        grow = 1.0 + config["resources"]["retry_growth"] * (attempt - 1)
         return int(config["resources"]["scale"] * grow * (base_mb + per_input_mb * input.size_mb))
 
     return mem_mb
@@ -151,7 +152,7 @@ def runtime_min(base_min, per_input_mb=0.0):
     """Runtime (minutes) from the input size, doubled on every retry."""
 
     def runtime(wildcards, input, attempt):
-        return int(config["resources"]["scale"] * attempt * (base_min + per_input_mb * input.size_mb))
+        return max(1, int(config["resources"]["scale"] * attempt * (base_min + per_input_mb * input.size_mb)))
 
     return runtime
 

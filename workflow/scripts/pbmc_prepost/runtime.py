@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -30,6 +31,8 @@ def start_job(log_path: str | None, threads: int = 1, seed: int = 0) -> logging.
 
     def excepthook(kind, value, trace):
         logger.error("job failed", exc_info=(kind, value, trace))
+        if disk_full(value):
+            logger.error(DISK_FULL_HELP, Path.cwd())
 
     sys.excepthook = excepthook
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -42,6 +45,26 @@ def start_job(log_path: str | None, threads: int = 1, seed: int = 0) -> logging.
         sc.settings.n_jobs = threads
         sc.settings.verbosity = 1
     return logger
+
+
+DISK_FULL_HELP = (
+    "no space left on the device that holds the run folder %s (or its temporary files): free space, "
+    "or run with --directory on a larger disk, and rerun the same command. Snakemake deletes the "
+    "outputs of this failed job, so nothing half-written counts as finished, and the rerun starts "
+    "again from this job."
+)
+
+
+def disk_full(error: BaseException | None) -> bool:
+    """Whether ``error``, or one it was raised from, is the file system's 'no space left' (ENOSPC),
+    including HDF5's wrapped form of it."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def import_scanpy():
