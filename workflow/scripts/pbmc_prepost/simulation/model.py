@@ -108,6 +108,11 @@ class SimulationParams:
     # A QC artefact: the healthy cells of one lineage at one timepoint carry `factor` times the
     # mitochondrial share, e.g. {"lineage": "CD14 mono", "timepoint": "post", "factor": 3.0}.
     mito_artefact: dict = field(default_factory=dict)
+    # Empty droplets per sample (0: none): droplets that caught only soup, 5-100 UMIs drawn from the
+    # sample's soup, written with the cells as a raw matrix (Cell Ranger's raw_feature_bc_matrix).
+    empty_droplets: int = 0
+    # Mean ambient fraction of named samples, e.g. {"D2_post": 0.08}: more soup in some samples.
+    ambient_by_sample: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -116,6 +121,8 @@ class SimulatedData:
 
     samples: dict[str, ad.AnnData]
     truth: dict
+    # Per sample, the empty droplets (obs ``is_empty``) when ``empty_droplets`` was asked for.
+    empty: dict[str, ad.AnnData] = field(default_factory=dict)
 
 
 def _gene_universe(params: SimulationParams, rng: np.random.Generator) -> pd.DataFrame:
@@ -343,6 +350,7 @@ def simulate(params: SimulationParams | None = None) -> SimulatedData:
     lineage_of = np.array([LINEAGE[s] for s in subsets])
 
     samples: dict[str, ad.AnnData] = {}
+    empty: dict[str, ad.AnnData] = {}
     sample_rows = []
     for d in range(params.n_donors):
         donor = f"D{d + 1}"
@@ -426,11 +434,8 @@ def simulate(params: SimulationParams | None = None) -> SimulatedData:
                 if g in index:
                     soup[index[g]] += red_cell_share * share
             soup /= soup.sum()
-            ambient = (
-                srng.beta(2.0, 2.0 / params.ambient_fraction - 2.0, n_total)
-                if params.ambient_fraction > 0
-                else np.zeros(n_total)
-            )
+            ambient_mean = params.ambient_by_sample.get(sample, params.ambient_fraction)
+            ambient = srng.beta(2.0, 2.0 / ambient_mean - 2.0, n_total) if ambient_mean > 0 else np.zeros(n_total)
             profile = profile * (1 - ambient)[:, None] + ambient[:, None] * soup
             mean = profile * library[:, None]
             shape = 1.0 / dispersion
@@ -468,6 +473,8 @@ def simulate(params: SimulationParams | None = None) -> SimulatedData:
             var = pd.DataFrame({"gene_ids": genes["ensembl_id"].to_numpy()}, index=pd.Index(symbols))
             adata = ad.AnnData(X=sp.csr_matrix(counts[order]), obs=obs, var=var)
             samples[sample] = adata
+            if params.empty_droplets:
+                empty[sample] = _empty_droplets(soup, var, params, [params.seed, 3, d, t])
             sample_rows.append(
                 {
                     "sample": sample,
@@ -519,4 +526,17 @@ def simulate(params: SimulationParams | None = None) -> SimulatedData:
             else {}
         ),
     }
-    return SimulatedData(samples=samples, truth=truth)
+    return SimulatedData(samples=samples, truth=truth, empty=empty)
+
+
+def _empty_droplets(soup: np.ndarray, var: pd.DataFrame, params: SimulationParams, seed: list[int]) -> ad.AnnData:
+    """Droplets without a cell: Poisson counts of the soup at 5-100 UMIs (log-uniform), from their
+    own random stream, so that asking for them changes none of the cells."""
+    rng = np.random.default_rng(seed)
+    umis = np.exp(rng.uniform(np.log(5), np.log(100), params.empty_droplets))
+    counts = sp.csr_matrix(rng.poisson(umis[:, None] * soup[None, :]).astype(np.float32))
+    keep = np.asarray(counts.sum(1)).ravel() > 0
+    obs = pd.DataFrame({"is_empty": np.ones(int(keep.sum()), bool)})
+    obs.index = _random_barcodes(len(obs), rng)
+    obs.index.name = None
+    return ad.AnnData(X=counts[keep], obs=obs, var=var.copy())

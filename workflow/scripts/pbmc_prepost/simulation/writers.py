@@ -222,6 +222,14 @@ def write_dataset(
         if relative_to is not None:
             path = Path(path).relative_to(Path(relative_to).resolve())
         donor, timepoint = sample.rsplit("_", 1)
+        raw = {}
+        if data.empty:
+            # Cell Ranger's raw matrix: every droplet, the cells' and the empty ones.
+            cells = ad.AnnData(X=adata.X, obs=pd.DataFrame(index=adata.obs_names), var=adata.var)
+            raw_path = write_10x_h5(
+                ad.concat([cells, data.empty[sample]], merge="first"), outdir / f"{sample}_raw_feature_bc_matrix.h5"
+            ).resolve()
+            raw = {"raw_path": str(raw_path.relative_to(Path(relative_to).resolve()) if relative_to else raw_path)}
         rows.append(
             {
                 "sample": sample,
@@ -232,6 +240,7 @@ def write_dataset(
                 "path": str(path),
                 "format": fmt,
                 "counts_layer": layer,
+                **raw,
             }
         )
         frame = adata.obs.copy()
