@@ -264,6 +264,20 @@ def test_path_does_not_exist(project: Path) -> None:
     assert str(project) in msg and "relative to the folder where snakemake runs" in msg
 
 
+def test_raw_path_is_optional_resolved_and_checked(project: Path) -> None:
+    write_10x_h5(counts(9, n_cells=40), "data/D1_post_raw.h5")
+    write_sheet(
+        HEADER + "\traw_path",
+        row("D1_pre", "D1", "pre", "data/D1_pre", ""),
+        row("D1_post", "D1", "post", "data/D1_post.h5", "data/D1_post_raw.h5"),
+    )
+    samples = load_sample_sheet(SHEET).samples
+    assert samples.loc["D1_pre", "resolved_raw_path"] == ""
+    assert samples.loc["D1_post", "resolved_raw_path"] == str(project / "data" / "D1_post_raw.h5")
+    write_sheet(HEADER + "\traw_path", row("D1_pre", "D1", "pre", "data/D1_pre", "data/nothing.h5"))
+    find(load_problems(), 2, "D1_pre", "raw_path 'data/nothing.h5' does not exist", "raw_feature_bc_matrix")
+
+
 def test_unknown_format(project: Path) -> None:
     write_sheet(HEADER + "\tformat", row("D1_pre", "D1", "pre", "data/D1_pre", "mtx"))
     find(load_problems(), 2, "D1_pre", "unknown format 'mtx'", "did you mean '10x_mtx'")

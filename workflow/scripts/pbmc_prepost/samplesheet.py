@@ -36,9 +36,10 @@ STANDARD_COLUMNS: tuple[str, ...] = (
     "format",
     "batch",
     "counts_layer",
+    "raw_path",
 )
 #: Columns added by :func:`load_sample_sheet`; a sheet may not use these names.
-RESERVED_COLUMNS: tuple[str, ...] = ("resolved_path", "source", "paired")
+RESERVED_COLUMNS: tuple[str, ...] = ("resolved_path", "resolved_raw_path", "source", "paired")
 _SAMPLE_ID_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _FORMAT_ALIASES = {
     "mtx": "10x_mtx",
@@ -349,6 +350,18 @@ def _check_row(
         detected = _guess_format(path)
     effective = fmt or detected
 
+    # The raw droplet matrix (Cell Ranger's raw_feature_bc_matrix), for the soup: optional.
+    raw_path = row.get("raw_path", "")
+    resolved_raw = os.path.abspath(os.path.expanduser(raw_path)) if raw_path else ""
+    if raw_path and check_files and not os.path.exists(resolved_raw):
+        msgs.problem(
+            f"raw_path '{raw_path}' does not exist (resolved to {resolved_raw})",
+            "give Cell Ranger's raw_feature_bc_matrix folder or .h5 of this sample, relative to the folder "
+            "where snakemake runs, or leave raw_path empty",
+            line,
+            sample,
+        )
+
     layer = row.get("counts_layer", "")
     if layer and effective and effective != "h5ad":
         msgs.problem(
@@ -360,7 +373,7 @@ def _check_row(
 
     if check_files and effective and len(msgs.problems) == before:
         msgs.problems += preflight.peek_count_file(path, effective, layer, source, mito_pattern)
-    return {"format": effective, "resolved_path": resolved, "source": source}
+    return {"format": effective, "resolved_path": resolved, "resolved_raw_path": resolved_raw, "source": source}
 
 
 def _pairing(
@@ -523,7 +536,9 @@ def load_sample_sheet(
     for column in (contrast.pair_by, "format", "batch", "counts_layer"):
         if column not in table.columns:
             table[column] = ""
-    for column in ("format", "resolved_path", "source"):
+    if "raw_path" not in table.columns:
+        table["raw_path"] = ""
+    for column in ("format", "resolved_path", "resolved_raw_path", "source"):
         table[column] = [r[column] for r in records]
     if (table["batch"] != "").any() and (table["batch"] == "").any():
         for sample in table.loc[table["batch"] == "", "sample"]:
