@@ -2,7 +2,7 @@
 a job killed during DE is redone alone.
 
 Run A is the session's ``example_run``; run B starts from scratch in its own folder, is killed in the
-merged stage, and resumed. Together they cost one extra workflow run. The DE kill reruns one
+merged stage, and resumed up to the composition test. Together they cost most of one extra run. The DE kill reruns one
 population of a copy of run A.
 """
 
@@ -29,6 +29,10 @@ from conftest import (
 pytestmark = pytest.mark.workflow
 
 MERGED = "results/merged/merged.h5ad"
+# Run B goes as far as the composition test (QC, merge, embedding, clustering, annotation, QC bias
+# check, composition): the DE and enrichment after it are the example run's alone, and their
+# tables are checked against the record (tests/data/example_tables.sha256) on every run.
+RESUMED_TARGETS = ("results/composition/test.tsv",)
 EMBEDDING = "results/merged/embedding.h5ad"
 
 
@@ -43,7 +47,7 @@ def resumed_run(tmp_path_factory) -> SimpleNamespace:
     """Run B: from scratch, SIGKILLed with its jobs in the merged stage, then resumed."""
     workdir = tmp_path_factory.mktemp("resumed_run")
     sheet = absolute_sheet(ROOT / "config" / "samples.tsv", ROOT, workdir / "samples.tsv")
-    config = ("--config", f"samples={sheet}")
+    config = (*RESUMED_TARGETS, "--config", f"samples={sheet}")
     # merged.h5ad takes ~0.5 s to write: the kill point is polled every 5 ms.
     run_and_kill(workdir, config, lambda: kill_point_reached(workdir), workdir / "killed_run.log")
     run = SimpleNamespace(workdir=workdir, killed=marked_incomplete(workdir), before=mtimes(workdir))
@@ -110,9 +114,9 @@ def digests(workdir: Path) -> dict[str, str]:
 
 def test_two_runs_from_scratch_give_identical_results(example_run, resumed_run):
     a, b = digests(example_run), digests(resumed_run.workdir)
-    assert a.keys() == b.keys(), sorted(a.keys() ^ b.keys())
-    differing = sorted(f for f in a if a[f] != b[f])
-    assert not differing, f"{len(differing)} of {len(a)} files differ between two runs: {differing}"
+    assert len(b) > 60 and b.keys() <= a.keys(), sorted(b.keys() - a.keys())
+    differing = sorted(f for f in b if a[f] != b[f])
+    assert not differing, f"{len(differing)} of {len(b)} files differ between two runs: {differing}"
 
 
 def test_a_job_killed_during_de_is_redone_alone(example_run, tmp_path):
@@ -128,10 +132,12 @@ def test_a_job_killed_during_de_is_redone_alone(example_run, tmp_path):
 
     def fitting() -> bool:
         # The job has started (Snakemake marks its outputs incomplete) and is past its imports.
-        return table in marked_incomplete(workdir) and (workdir / "logs/fit_de/CD4_T.log").stat().st_size > 0
+        log = workdir / "logs" / "fit_de" / "CD4_T.log"
+        return table in marked_incomplete(workdir) and log.exists() and log.stat().st_size > 0
 
     run_and_kill(workdir, (*targets, *config), fitting, tmp_path / "killed.log")
-    assert table in marked_incomplete(workdir) and not (workdir / table).exists()
+    # Killed mid-job: its outputs (written or not yet) are marked incomplete, none counts as done.
+    assert table in marked_incomplete(workdir)
     # The killed run's lock is left behind, as a live run's is: a second run on the same folder is
     # refused, before any job, until the first ends or `--unlock` (README, "After a crash or kill").
     killed = mtimes(workdir)
