@@ -79,3 +79,29 @@ def test_asking_for_empty_droplets_changes_none_of_the_cells(soupy):
     plain = simulate(replace(PRESETS["tiny"], ambient_by_sample={"D2_post": 0.08, "D3_pre": 0.0}))
     for sample, cells in soupy.samples.items():
         assert (cells.X != plain.samples[sample].X).nnz == 0
+
+
+def test_the_sample_row_says_what_the_estimate_rests_on_and_why_none_was_made(soupy, tmp_path):
+    from pbmc_prepost.settings import AmbientSettings, default_config
+    from pbmc_prepost.tables import FLOAT_FORMAT, write_tsv
+
+    from conftest import study_of
+
+    settings = AmbientSettings.from_config(default_config())
+    paths = []
+    for sample in ("D2_post", "D1_pre"):
+        cells, empty = soupy.samples[sample], soupy.empty[sample]
+        raw = ad.concat([ad.AnnData(cells.X, var=cells.var), empty], merge="first")
+        raw.obs_names = [*cells.obs_names, *empty.obs_names]
+        given = raw if sample == "D2_post" else None
+        row = ambient.sample_ambient(
+            cells[~cells.obs["is_doublet"].to_numpy()], given, cells.obs_names, sample, settings
+        )
+        assert list(row.columns) == ambient.AMBIENT_COLUMNS
+        write_tsv(row, tmp_path / f"{sample}.tsv", FLOAT_FORMAT)
+        paths.append(str(tmp_path / f"{sample}.tsv"))
+    table = ambient.combine_ambient(paths, study_of(soupy)).set_index("sample")
+    assert table.at["D2_post", "method"] == "raw_droplets" and table.at["D2_post", "timepoint"] == "post"
+    assert abs(table.at["D2_post", "contamination"] - 0.08) < 0.015 and table.at["D2_post", "empty_droplets"] > 2500
+    assert table.at["D1_pre", "method"] == "none" and np.isnan(table.at["D1_pre", "contamination"])
+    assert "no raw_path" in table.at["D1_pre", "note"]

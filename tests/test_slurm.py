@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -282,10 +283,11 @@ def slurm_cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_cohort(tmp_path_factory) -> Path:
-    """The sample sheet of a small simulated cohort (3 donors x pre/post), written once."""
+    """The sample sheet of a small simulated cohort (3 donors x pre/post, each with its raw droplet
+    matrix), written once."""
     base = tmp_path_factory.mktemp("slurm_runs")
     sheet = base / "samples.tsv"
-    write_dataset(simulate(PRESETS["tiny"]), base / "data", sheet, layout="10x_h5")
+    write_dataset(simulate(replace(PRESETS["tiny"], empty_droplets=3000)), base / "data", sheet, layout="10x_h5")
     return sheet
 
 
@@ -456,6 +458,20 @@ def assert_same_table(local: Path, slurm: Path) -> None:
 def test_slurm_run_gives_the_local_results(slurm_and_local_runs, table):
     local, slurm, _ = slurm_and_local_runs
     assert_same_table(local / table, slurm / table)
+
+
+def test_each_samples_contamination_is_found_from_its_raw_droplets(slurm_and_local_runs, tiny_cohort):
+    """The soup, end to end: results/qc/ambient.tsv against the planted contamination."""
+    local, slurm, _ = slurm_and_local_runs
+    truth = pd.read_csv(
+        tiny_cohort.parent / "data" / "truth" / "cells.tsv.gz", sep="\t", usecols=["sample", "ambient_fraction"]
+    )
+    planted = truth.groupby("sample")["ambient_fraction"].mean()
+    found = pd.read_csv(local / "results" / "qc" / "ambient.tsv", sep="\t").set_index("sample")
+    assert (found["method"] == "raw_droplets").all() and len(found) == len(planted)
+    error = (found["contamination"] - planted.reindex(found.index)).abs()
+    assert (error < 0.01).all(), pd.concat([found["contamination"], planted], axis=1)
+    assert_same_table(local / "results" / "qc" / "ambient.tsv", slurm / "results" / "qc" / "ambient.tsv")
 
 
 def test_slurm_run_gives_the_local_clusters_and_umap(slurm_and_local_runs):

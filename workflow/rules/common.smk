@@ -50,6 +50,13 @@ try:
             if "mito_pattern" in values
         },
     )
+    _no_raw = list(SHEET.samples.index[SHEET.samples["resolved_raw_path"] == ""])
+    if config["ambient"]["method"] == "raw_droplets" and _no_raw:
+        raise InputError(
+            f"{config['samples']}: ambient.method is raw_droplets, but {len(_no_raw)} sample(s) have no "
+            f"raw_path ({', '.join(_no_raw[:5])}{' ...' if len(_no_raw) > 5 else ''}): give each its Cell "
+            "Ranger raw_feature_bc_matrix in column raw_path, or set ambient.method: auto"
+        )
 except InputError as error:
     raise WorkflowError(str(error)) from None
 
@@ -119,12 +126,20 @@ def sample_row(wildcards):
 
 
 def sample_input_files(wildcards):
-    """Every file a sample's counts are read from, so that changing any of them reruns its QC."""
+    """Every file a sample's counts (and raw droplets, when used) are read from, so that changing
+    any of them reruns its QC."""
     row = sample_row(wildcards)
-    if row["format"] == "10x_mtx":
-        files = locate_mtx(row["resolved_path"])
-        return [str(files.matrix), str(files.features), str(files.barcodes)]
-    return [row["resolved_path"]]
+    paths = [row["resolved_path"]]
+    if row["resolved_raw_path"] and config["ambient"]["method"] != "none":
+        paths.append(row["resolved_raw_path"])
+    files = []
+    for path in paths:
+        if os.path.isdir(path) or path.endswith((".mtx", ".mtx.gz")):
+            found = locate_mtx(path)
+            files += [str(found.matrix), str(found.features), str(found.barcodes)]
+        else:
+            files.append(path)
+    return files
 
 
 def qc_settings(wildcards):

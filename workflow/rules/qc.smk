@@ -9,6 +9,7 @@ rule qc_sample:
         removed="results/qc/{sample}.removed.h5ad",
         cells="results/qc/{sample}.cells.tsv.gz",
         summary="results/qc/{sample}.summary.tsv",
+        ambient="results/qc/{sample}.ambient.tsv",
         png=report(
             "results/figures/qc/{sample}.png",
             caption="../report/qc_sample.rst",
@@ -34,7 +35,9 @@ rule qc_sample:
         path=lambda wc: sample_row(wc)["resolved_path"],
         format=lambda wc: sample_row(wc)["format"],
         counts_layer=lambda wc: sample_row(wc)["counts_layer"],
+        raw_path=lambda wc: sample_row(wc)["resolved_raw_path"],
         settings=qc_settings,
+        ambient=SETTINGS.ambient,
     script:
         "../scripts/qc_sample.py"
 
@@ -43,8 +46,16 @@ rule aggregate_qc:
     input:
         cells=expand("results/qc/{sample}.cells.tsv.gz", sample=SAMPLES),
         summaries=expand("results/qc/{sample}.summary.tsv", sample=SAMPLES),
+        ambient=expand("results/qc/{sample}.ambient.tsv", sample=SAMPLES),
     output:
         cells="results/qc/cells.tsv.gz",
+        ambient=report(
+            "results/qc/ambient.tsv",
+            caption="../report/qc_ambient.rst",
+            category="1. Quality control",
+            subcategory="Cohort",
+            labels={"type": "table", "result": "ambient RNA"},
+        ),
         summary=report(
             "results/qc/summary.tsv",
             caption="../report/qc_summary_table.rst",

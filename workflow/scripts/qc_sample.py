@@ -2,10 +2,10 @@
 
 import pandas as pd
 
-from pbmc_prepost import io, qc
+from pbmc_prepost import ambient, io, qc
 from pbmc_prepost.plots.qc import qc_sample_figure
 from pbmc_prepost.runtime import start_job
-from pbmc_prepost.tables import write_tsv
+from pbmc_prepost.tables import FLOAT_FORMAT, write_tsv
 
 smk = snakemake  # noqa: F821
 settings = smk.params.settings
@@ -21,6 +21,11 @@ result.filtered.write_h5ad(smk.output.h5ad)
 result.removed.write_h5ad(smk.output.removed)
 write_tsv(result.cells, smk.output.cells)
 write_tsv(pd.DataFrame([result.summary]), smk.output.summary)
+# The soup, from the raw matrix's empty droplets when the sheet gives one (results/qc/ambient.tsv).
+use_raw = smk.params.raw_path and smk.params.ambient.method != "none"
+raw = io.read_counts(smk.params.raw_path, source=f"sample '{sample}' raw_path") if use_raw else None
+soup = ambient.sample_ambient(result.filtered, raw, counts.obs_names, sample, smk.params.ambient)
+write_tsv(soup, smk.output.ambient, FLOAT_FORMAT)
 qc_sample_figure(
     result.obs,
     result.summary,

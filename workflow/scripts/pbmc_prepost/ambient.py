@@ -20,11 +20,17 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+import anndata as ad
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from scipy import stats
+
+if TYPE_CHECKING:
+    from pbmc_prepost.design import Study
+    from pbmc_prepost.settings import AmbientSettings
 
 log = logging.getLogger(__name__)
 
@@ -164,3 +170,113 @@ def contamination_fraction(
         soup_source,
         empty_droplets,
     )
+
+
+#: Columns of ``results/qc/ambient.tsv`` (per sample), after the study's metadata columns.
+AMBIENT_COLUMNS = [
+    "sample",
+    "method",
+    "contamination",
+    "contamination_low",
+    "contamination_high",
+    "genes",
+    "gene_counts",
+    "cells_used",
+    "cells_expressing",
+    "empty_droplets",
+    "note",
+]
+
+
+def sample_ambient(
+    cells: ad.AnnData,
+    raw: ad.AnnData | None,
+    called: pd.Index,
+    sample: str,
+    settings: AmbientSettings,
+) -> pd.DataFrame:
+    """One sample's row of ``results/qc/ambient.tsv``.
+
+    Parameters
+    ----------
+    cells
+        The sample's cells that passed QC, raw counts in ``X``.
+    raw
+        Its raw droplet matrix (every barcode), or None when the sheet gives none.
+    called
+        Barcodes of the filtered matrix (the cell calls: not empty droplets, whatever their size).
+    sample
+        The sample id.
+    settings
+        Method, marker genes and the empty droplets' UMI bound (config ``ambient``).
+    """
+    row = dict.fromkeys(AMBIENT_COLUMNS, np.nan) | {"sample": sample, "genes": "", "note": ""}
+    if settings.method == "none" or raw is None:
+        note = (
+            "ambient.method none"
+            if settings.method == "none"
+            else "no raw_path in the sheet: not estimated (give Cell Ranger's raw_feature_bc_matrix)"
+        )
+        return pd.DataFrame([row | {"method": "none", "note": note}])[AMBIENT_COLUMNS]
+    genes = raw.var_names.intersection(cells.var_names)
+    soup = soup_from_droplets(raw[:, genes].X, raw.obs_names.isin(called), settings.empty_max_umis)
+    found = contamination_fraction(cells[:, genes].X, genes.to_numpy(), soup, settings.marker_pattern)
+    note = "" if np.isfinite(found.rho) else f"no gene matching {settings.marker_pattern} in the soup"
+    if found.cells_expressing:
+        note = f"{found.cells_expressing} droplets carrying the genes themselves (red cells?) left out"
+    log.info(
+        "%s: contamination %.2f %% (95 %% interval %.2f-%.2f) from %s (%d counts), soup of %d empty droplets",
+        sample,
+        100 * found.rho,
+        100 * found.lower,
+        100 * found.upper,
+        ", ".join(found.genes),
+        found.soup_counts,
+        found.empty_droplets,
+    )
+    return pd.DataFrame(
+        [
+            {
+                "sample": sample,
+                "method": found.soup_source,
+                "contamination": found.rho,
+                "contamination_low": found.lower,
+                "contamination_high": found.upper,
+                "genes": ",".join(found.genes),
+                "gene_counts": found.soup_counts,
+                "cells_used": found.cells_used,
+                "cells_expressing": found.cells_expressing,
+                "empty_droplets": found.empty_droplets,
+                "note": note,
+            }
+        ]
+    )[AMBIENT_COLUMNS]
+
+
+def combine_ambient(paths: list[str], study: Study) -> pd.DataFrame:
+    """``results/qc/ambient.tsv``: every sample's row, with the study's metadata after ``sample``
+    (a change of contamination between timepoints is itself worth seeing)."""
+    from pbmc_prepost.tables import read_tsv
+
+    table = pd.concat([read_tsv(path, keep_default_na=False, na_values={c: [""] for c in NUMERIC}) for path in paths])
+    table = table.reset_index(drop=True)
+    meta = study.sample_meta()
+    for column in reversed(study.meta_columns):
+        table.insert(1, column, table["sample"].map(meta[column]))
+    estimated = table[table["method"] != "none"]
+    if len(estimated):
+        by_level = estimated.groupby(study.contrast.column)["contamination"].median()
+        log.info("median contamination by %s: %s", study.contrast.column, (100 * by_level).round(2).to_dict())
+    return table
+
+
+#: Numeric columns of the ambient table (NaN where not estimated).
+NUMERIC = [
+    "contamination",
+    "contamination_low",
+    "contamination_high",
+    "gene_counts",
+    "cells_used",
+    "cells_expressing",
+    "empty_droplets",
+]

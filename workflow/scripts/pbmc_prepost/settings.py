@@ -78,6 +78,19 @@ class QCSettings(NamedTuple):
         )
 
 
+class AmbientSettings(NamedTuple):
+    """The ambient RNA estimate of each sample (config ``ambient``)."""
+
+    method: str
+    marker_pattern: str
+    empty_max_umis: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> AmbientSettings:
+        section = config["ambient"]
+        return cls(section["method"], section["marker_pattern"], section["empty_max_umis"])
+
+
 class MergeSettings(NamedTuple):
     """Concatenation and shifted-log normalization (config ``merge``, ``normalize``)."""
 
@@ -367,6 +380,7 @@ class WorkflowSettings(NamedTuple):
 
     config: dict[str, Any]
     study: Study
+    ambient: AmbientSettings
     merge: MergeSettings
     embed: EmbedSettings
     cluster: ClusterSettings
@@ -389,6 +403,7 @@ def build_settings(config: Mapping[str, Any], study: Study) -> WorkflowSettings:
     return WorkflowSettings(
         config=dict(config),
         study=study,
+        ambient=AmbientSettings.from_config(config),
         merge=MergeSettings.from_config(config, study),
         embed=EmbedSettings.from_config(config),
         cluster=ClusterSettings.from_config(config),
