@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -105,3 +106,23 @@ def test_the_sample_row_says_what_the_estimate_rests_on_and_why_none_was_made(so
     assert abs(table.at["D2_post", "contamination"] - 0.08) < 0.015 and table.at["D2_post", "empty_droplets"] > 2500
     assert table.at["D1_pre", "method"] == "none" and np.isnan(table.at["D1_pre", "contamination"])
     assert "no raw_path" in table.at["D1_pre", "note"]
+
+
+def test_the_contamination_figure_draws_estimates_and_says_when_there_are_none(tmp_path):
+    from pbmc_prepost.plots.qc import ambient_figure
+
+    table = pd.DataFrame(
+        {
+            "sample": ["D1_pre", "D1_post", "D2_pre", "D2_post"],
+            "donor": ["D1", "D1", "D2", "D2"],
+            "timepoint": ["pre", "post", "pre", "post"],
+            "method": ["raw_droplets", "raw_droplets", "raw_droplets", "none"],
+            "contamination": [0.03, 0.05, 0.02, np.nan],
+            "contamination_low": [0.025, 0.04, 0.015, np.nan],
+            "contamination_high": [0.035, 0.06, 0.025, np.nan],
+        }
+    )
+    for name, frame in (("some", table), ("none", table.assign(method="none"))):
+        paths = [tmp_path / f"{name}.png", tmp_path / f"{name}.pdf"]
+        ambient_figure(frame, "timepoint", "donor", paths)
+        assert all(p.stat().st_size > 1000 for p in paths)

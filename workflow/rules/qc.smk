@@ -71,6 +71,14 @@ rule aggregate_qc:
             labels={"type": "figure", "result": "cells kept and removed"},
         ),
         pdf="results/figures/qc/summary.pdf",
+        ambient_png=report(
+            "results/figures/qc/ambient.png",
+            caption="../report/qc_ambient_figure.rst",
+            category="1. Quality control",
+            subcategory="Cohort",
+            labels={"type": "figure", "result": "ambient RNA"},
+        ),
+        ambient_pdf="results/figures/qc/ambient.pdf",
     log:
         "logs/aggregate_qc.log",
     conda:

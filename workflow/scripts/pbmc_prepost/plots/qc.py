@@ -84,3 +84,52 @@ def qc_summary_figure(
         ax.set_xticklabels(table["sample"], rotation=90, fontsize=8)
     fig.tight_layout()
     save(fig, paths)
+
+
+def ambient_figure(table: pd.DataFrame, contrast_column: str, pair_by: str, paths: Sequence[str | Path]) -> None:
+    """Each sample's ambient RNA contamination (with its 95 % interval) by timepoint, a donor's
+    samples joined: a change of contamination between timepoints moves every population's counts
+    of the soup's genes, so it is worth seeing before any DE result."""
+    estimated = table[table["method"] != "none"].copy()
+    levels = list(dict.fromkeys(table[contrast_column]))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.2 * len(levels) + 2.5), 4))
+    if estimated.empty:
+        ax.text(
+            0.5,
+            0.5,
+            "ambient RNA not estimated:\nthe sample sheet gives no raw_path\n(Cell Ranger's raw_feature_bc_matrix)",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
+        ax.set_axis_off()
+    else:
+        position = {lvl: i for i, lvl in enumerate(levels)}
+        estimated["x"] = estimated[contrast_column].map(position).astype(float)
+        pct = 100 * estimated[["contamination", "contamination_low", "contamination_high"]]
+        if pair_by in estimated:
+            for _, donor in estimated.assign(y=pct["contamination"]).groupby(pair_by):
+                donor = donor.sort_values("x")
+                ax.plot(donor["x"], donor["y"], color="0.75", lw=0.8, zorder=1)
+        colours = [TIMEPOINT_COLOURS[int(x) % len(TIMEPOINT_COLOURS)] for x in estimated["x"]]
+        ax.errorbar(
+            estimated["x"],
+            pct["contamination"],
+            yerr=[pct["contamination"] - pct["contamination_low"], pct["contamination_high"] - pct["contamination"]],
+            fmt="none",
+            ecolor="0.5",
+            lw=0.8,
+            zorder=2,
+        )
+        ax.scatter(estimated["x"], pct["contamination"], c=colours, s=28, zorder=3)
+        ax.set_xticks(range(len(levels)))
+        ax.set_xticklabels(levels)
+        ax.set_xlim(-0.5, len(levels) - 0.5)
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel(contrast_column)
+        ax.set_ylabel("contamination (% of a cell's UMIs from the soup)")
+        missing = len(table) - len(estimated)
+        note = f", {missing} without raw droplets" if missing else ""
+        ax.set_title(f"ambient RNA: {len(estimated)} samples{note}", fontsize=9)
+    fig.tight_layout()
+    save(fig, paths)
