@@ -95,10 +95,11 @@ def test_the_sample_row_says_what_the_estimate_rests_on_and_why_none_was_made(so
         raw = ad.concat([ad.AnnData(cells.X, var=cells.var), empty], merge="first")
         raw.obs_names = [*cells.obs_names, *empty.obs_names]
         given = raw if sample == "D2_post" else None
-        row = ambient.sample_ambient(
+        row, soup = ambient.sample_ambient(
             cells[~cells.obs["is_doublet"].to_numpy()], given, cells.obs_names, sample, settings
         )
-        assert list(row.columns) == ambient.AMBIENT_COLUMNS
+        assert list(row.columns) == ambient.AMBIENT_COLUMNS and list(soup.columns) == ambient.SOUP_COLUMNS
+        assert len(soup) == (cells.n_vars if given is not None else 0)
         write_tsv(row, tmp_path / f"{sample}.tsv", FLOAT_FORMAT)
         paths.append(str(tmp_path / f"{sample}.tsv"))
     table = ambient.combine_ambient(paths, study_of(soupy)).set_index("sample")
@@ -126,3 +127,50 @@ def test_the_contamination_figure_draws_estimates_and_says_when_there_are_none(t
         paths = [tmp_path / f"{name}.png", tmp_path / f"{name}.pdf"]
         ambient_figure(frame, "timepoint", "donor", paths)
         assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def soup_pseudobulks(seed: int = 0) -> tuple[ad.AnnData, pd.Series, dict]:
+    """Monocyte pseudobulks of 6 donors, pre and post: CD3E only from the soup, whose T-cell share
+    doubles after treatment; LYZ made by the cells and rising 2x; ACTB flat."""
+    rng = np.random.default_rng(seed)
+    genes = ["CD3E", "LYZ", "ACTB", *[f"G{i}" for i in range(50)]]
+    rows, obs, soups, rho = [], [], {}, {}
+    for d in range(6):
+        for timepoint, t_share in (("pre", 0.01), ("post", 0.02)):
+            sample = f"D{d}_{timepoint}"
+            soup = np.r_[t_share, 0.05, 0.05, np.full(50, (1 - t_share - 0.1) / 50)]
+            cell = np.r_[0.0, 0.04 * (2 if timepoint == "post" else 1), 0.05, np.full(50, 0.0)]
+            cell[3:] = (1 - cell[:3].sum()) / 50
+            total = 200_000
+            rho[sample] = 0.03
+            mean = total * ((1 - 0.03) * cell + 0.03 * soup)
+            rows.append(rng.poisson(mean))
+            obs.append({"sample": sample, "donor": f"D{d}", "timepoint": timepoint, "total_counts": total})
+            soups[sample] = pd.Series(soup, index=genes)
+    pb = ad.AnnData(np.array(rows, dtype=np.float64), obs=pd.DataFrame(obs), var=pd.DataFrame(index=genes))
+    pb.obs_names = pb.obs["sample"].to_numpy()
+    return pb, pd.Series(rho), soups
+
+
+def test_a_gene_moving_only_through_the_soup_is_flagged_and_a_real_change_is_not():
+    from pbmc_prepost.design import Contrast
+
+    pb, rho, soups = soup_pseudobulks()
+    pb.layers["ambient"] = ambient.expected_soup_counts(pb, rho, soups)
+    table = pd.DataFrame({"gene": ["CD3E", "LYZ", "ACTB"], "log2FoldChange": [1.0, 1.0, 0.0]})
+    out = ambient.ambient_columns(table, pb, Contrast("timepoint", "pre", "post", "donor")).set_index("gene")
+    assert out.at["CD3E", "ambient_share"] > 0.9 and out.at["CD3E", "ambient_change_share"] > 0.9
+    assert bool(out.at["CD3E", "ambient_flag"])
+    assert out.at["LYZ", "ambient_share"] < 0.1 and out.at["LYZ", "ambient_change_share"] < 0.1
+    assert not out.loc[["LYZ", "ACTB"], "ambient_flag"].any()
+    # No estimate for any sample: the columns are there, empty, and nothing is flagged.
+    del pb.layers["ambient"]
+    plain = ambient.ambient_columns(table, pb, Contrast("timepoint", "pre", "post", "donor"))
+    assert plain["ambient_share"].isna().all() and not plain["ambient_flag"].any()
+
+
+def test_a_set_moved_mostly_by_the_soup_gets_a_note_and_a_set_of_biology_none():
+    flagged = {"CD3E", "CD3D", "TRBC2", "IL32"}
+    assert "3 of 4 genes explained by ambient RNA" in ambient.ambient_note("CD3E;CD3D;TRBC2;LYZ", flagged)
+    assert ambient.ambient_note("CD3E;LYZ;S100A8;S100A9", flagged) == ""  # 1 of 4: biology leads
+    assert ambient.ambient_note("", flagged) == "" and ambient.ambient_note("nan", flagged) == ""

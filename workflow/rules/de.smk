@@ -10,6 +10,8 @@ checkpoint pseudobulk_cells:
     input:
         h5ad="results/merged/clustered.h5ad",
         cells="results/annotation/cells.tsv.gz",
+        ambient="results/qc/ambient.tsv",
+        soups=expand("results/qc/{sample}.soup.tsv.gz", sample=SAMPLES),
     output:
         h5ad="results/de/pseudobulk/pseudobulk.h5ad",
         populations="results/de/pseudobulk/populations.tsv",

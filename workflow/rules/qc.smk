@@ -10,6 +10,7 @@ rule qc_sample:
         cells="results/qc/{sample}.cells.tsv.gz",
         summary="results/qc/{sample}.summary.tsv",
         ambient="results/qc/{sample}.ambient.tsv",
+        soup="results/qc/{sample}.soup.tsv.gz",
         png=report(
             "results/figures/qc/{sample}.png",
             caption="../report/qc_sample.rst",

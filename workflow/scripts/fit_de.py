@@ -3,7 +3,7 @@ and paired plots; one job per population, so the pseudobulks are read once."""
 
 import anndata as ad
 
-from pbmc_prepost import de
+from pbmc_prepost import ambient, de
 from pbmc_prepost.plots.de import population_figures
 from pbmc_prepost.runtime import start_job
 from pbmc_prepost.tables import FLOAT_FORMAT, read_tsv, write_tsv
@@ -19,6 +19,7 @@ for i, contrast in enumerate(settings.contrasts):
     contrast_settings = settings._replace(contrast=contrast)
     pb_contrast = de.contrast_pseudobulks(pb, contrast)
     table, summary = de.fit_population_table(pb_contrast, label, contrast_settings, batch_col="batch")
+    table = ambient.ambient_columns(table, pb_contrast, contrast)
     write_tsv(summary, smk.output.summaries[i])
     write_tsv(table, smk.output.tables[i], FLOAT_FORMAT)
     figures = {name: smk.output[name][i] for name in ("volcano_png", "volcano_pdf", "paired_png", "paired_pdf")}

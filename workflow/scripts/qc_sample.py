@@ -24,8 +24,9 @@ write_tsv(pd.DataFrame([result.summary]), smk.output.summary)
 # The soup, from the raw matrix's empty droplets when the sheet gives one (results/qc/ambient.tsv).
 use_raw = smk.params.raw_path and smk.params.ambient.method != "none"
 raw = io.read_counts(smk.params.raw_path, source=f"sample '{sample}' raw_path") if use_raw else None
-soup = ambient.sample_ambient(result.filtered, raw, counts.obs_names, sample, smk.params.ambient)
-write_tsv(soup, smk.output.ambient, FLOAT_FORMAT)
+estimate, soup = ambient.sample_ambient(result.filtered, raw, counts.obs_names, sample, smk.params.ambient)
+write_tsv(estimate, smk.output.ambient, FLOAT_FORMAT)
+write_tsv(soup, smk.output.soup, FLOAT_FORMAT)
 qc_sample_figure(
     result.obs,
     result.summary,

@@ -29,7 +29,7 @@ import scipy.sparse as sp
 from scipy import stats
 
 if TYPE_CHECKING:
-    from pbmc_prepost.design import Study
+    from pbmc_prepost.design import Contrast, Study
     from pbmc_prepost.settings import AmbientSettings
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,8 @@ def contamination_fraction(
     )
 
 
+#: Columns of a sample's soup profile (``results/qc/<sample>.soup.tsv.gz``).
+SOUP_COLUMNS = ["gene", "soup_share"]
 #: Columns of ``results/qc/ambient.tsv`` (per sample), after the study's metadata columns.
 AMBIENT_COLUMNS = [
     "sample",
@@ -194,8 +196,9 @@ def sample_ambient(
     called: pd.Index,
     sample: str,
     settings: AmbientSettings,
-) -> pd.DataFrame:
-    """One sample's row of ``results/qc/ambient.tsv``.
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One sample's row of ``results/qc/ambient.tsv``, and its soup (``gene``, ``soup_share``;
+    empty when not estimated).
 
     Parameters
     ----------
@@ -217,7 +220,9 @@ def sample_ambient(
             if settings.method == "none"
             else "no raw_path in the sheet: not estimated (give Cell Ranger's raw_feature_bc_matrix)"
         )
-        return pd.DataFrame([row | {"method": "none", "note": note}])[AMBIENT_COLUMNS]
+        return pd.DataFrame([row | {"method": "none", "note": note}])[AMBIENT_COLUMNS], pd.DataFrame(
+            columns=SOUP_COLUMNS
+        )
     genes = raw.var_names.intersection(cells.var_names)
     soup = soup_from_droplets(raw[:, genes].X, raw.obs_names.isin(called), settings.empty_max_umis)
     found = contamination_fraction(cells[:, genes].X, genes.to_numpy(), soup, settings.marker_pattern)
@@ -234,6 +239,7 @@ def sample_ambient(
         found.soup_counts,
         found.empty_droplets,
     )
+    profile = pd.DataFrame({"gene": genes.astype(str), "soup_share": soup.profile})
     return pd.DataFrame(
         [
             {
@@ -250,7 +256,7 @@ def sample_ambient(
                 "note": note,
             }
         ]
-    )[AMBIENT_COLUMNS]
+    )[AMBIENT_COLUMNS], profile
 
 
 def combine_ambient(paths: list[str], study: Study) -> pd.DataFrame:
@@ -280,3 +286,95 @@ NUMERIC = [
     "cells_expressing",
     "empty_droplets",
 ]
+
+
+def expected_soup_counts(pb: ad.AnnData, contamination: pd.Series, soups: dict[str, pd.Series]) -> np.ndarray:
+    """The soup's expected share of each pseudobulk's counts: its sample's contamination x the
+    soup's share of the gene x the pseudobulk's UMIs (SoupX's model summed over the population's
+    cells). Zero where the sample has no estimate.
+
+    Parameters
+    ----------
+    pb
+        Pseudobulks (obs ``sample``, ``total_counts``; var the genes).
+    contamination
+        Sample -> contamination fraction (NaN: not estimated).
+    soups
+        Sample -> soup share per gene (``results/qc/<sample>.soup.tsv.gz``).
+    """
+    expected = np.zeros(pb.shape, dtype=np.float64)
+    genes = pb.var_names.astype(str)
+    for i, (sample, total) in enumerate(zip(pb.obs["sample"].astype(str), pb.obs["total_counts"], strict=True)):
+        rho = contamination.get(sample, np.nan)
+        if sample in soups and np.isfinite(rho):
+            expected[i] = rho * float(total) * soups[sample].reindex(genes).fillna(0.0).to_numpy()
+    return expected
+
+
+#: A DE gene is flagged when the soup makes up at least this share of the population's counts of
+#: it, or explains at least this share of its change (a majority: not tuned to any cohort).
+FLAG_SHARE = 0.5
+
+
+def ambient_columns(table: pd.DataFrame, pb: ad.AnnData, contrast: Contrast) -> pd.DataFrame:
+    """``ambient_share``, ``ambient_change_share`` and ``ambient_flag`` of a population's DE table.
+
+    ``ambient_share``: the soup's expected counts of the gene over its observed counts, summed over
+    the contrast's pseudobulks. ``ambient_change_share``: the change the soup's expected counts
+    per million predict over the observed change, when both go the same way (for a difference of
+    changes, the difference of the arms' changes). ``ambient_flag``: either is at least
+    :data:`FLAG_SHARE`. NaN and False where no sample of the contrast has an estimate.
+    """
+    out = table.copy()
+    out["ambient_share"] = np.nan
+    out["ambient_change_share"] = np.nan
+    out["ambient_flag"] = False
+    if table.empty or "ambient" not in pb.layers:
+        return out
+    pb = pb[contrast.sample_mask(pb.obs)]
+    soup_all = np.asarray(pb.layers["ambient"], dtype=np.float64)
+    if not soup_all.any():
+        return out
+    genes = out["gene"].astype(str).to_numpy()
+    columns = pb.var_names.get_indexer(genes)
+    observed = np.asarray(pb.X, dtype=np.float64)[:, columns]
+    soup = soup_all[:, columns]
+    total = pb.obs["total_counts"].to_numpy(dtype=np.float64)[:, None]
+    level = pb.obs[contrast.column].astype(str).to_numpy()
+    arm = pb.obs[contrast.arm_column].astype(str).to_numpy() if contrast.arm_column else None
+
+    def change(values: np.ndarray, in_arm: np.ndarray) -> np.ndarray:
+        cpm = 1e6 * values / np.maximum(total, 1)
+        return cpm[(level == contrast.treated) & in_arm].mean(0) - cpm[(level == contrast.reference) & in_arm].mean(0)
+
+    def contrast_change(values: np.ndarray) -> np.ndarray:
+        everyone = np.ones(len(level), bool)
+        if contrast.is_interaction:
+            return change(values, arm == contrast.arm) - change(values, arm == contrast.versus_arm)
+        return change(values, arm == contrast.arm if contrast.arm else everyone)
+
+    observed_change, soup_change = contrast_change(observed), contrast_change(soup)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = soup.sum(0) / observed.sum(0)
+        change_share = np.where(
+            (np.sign(observed_change) == np.sign(soup_change)) & (observed_change != 0),
+            np.abs(soup_change) / np.abs(observed_change),
+            0.0,
+        )
+    out["ambient_share"] = np.clip(np.nan_to_num(share, nan=0.0), 0, 1)
+    out["ambient_change_share"] = np.clip(np.nan_to_num(change_share, nan=0.0), 0, 1)
+    out["ambient_flag"] = (out["ambient_share"] >= FLAG_SHARE) | (out["ambient_change_share"] >= FLAG_SHARE)
+    return out
+
+
+def ambient_note(genes: str, flagged: set[str]) -> str:
+    """A note when most of a row's genes (``;``-separated: the leading edge, or the ORA overlap)
+    are explained by the ambient RNA (the DE tables' ``ambient_flag``)."""
+    members = [g for g in str(genes).split(";") if g and g != "nan"]
+    hits = [g for g in members if g in flagged]
+    if not members or 2 * len(hits) <= len(members):
+        return ""
+    return (
+        f"{len(hits)} of {len(members)} genes explained by ambient RNA ({', '.join(hits[:5])}"
+        f"{' ...' if len(hits) > 5 else ''}): not a confirmed call"
+    )

@@ -26,6 +26,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from pbmc_prepost import arms
+from pbmc_prepost.ambient import ambient_note
 from pbmc_prepost.design import Contrast
 from pbmc_prepost.genesets import GeneSetLibrary
 from pbmc_prepost.settings import EnrichmentSettings
@@ -503,6 +504,16 @@ def enrich_populations(
     )
     gsea = gsea.merge(donor, on=["population", "gene_set"], how="left")
     gsea["call"] = [confirmed_call(r.fdr, r.NES, r.donor_fdr, r.donor_shift, settings.alpha) for r in gsea.itertuples()]
+    # Sets whose genes move mostly through the ambient RNA: noted, and never a confirmed call.
+    flagged = {
+        label: set(table.loc[table["ambient_flag"].astype(str).eq("True"), "gene"].astype(str))
+        for label, table in tables.items()
+        if "ambient_flag" in table
+    }
+    gsea["ambient_note"] = [
+        ambient_note(genes, flagged.get(label, set())) for genes, label in zip(gsea["leading_edge"], gsea["population"])
+    ]
+    gsea.loc[gsea["ambient_note"] != "", "call"] = "ns"
 
     pairs = summary[summary["status"] == "tested"].set_index("population")["n_pairs"]
     composition = composition[composition["level"] == settings.level].set_index("population")
@@ -528,6 +539,9 @@ def enrich_populations(
         frame["annotation_note"] = frame["population"].map(annotation_notes or {}).fillna("")
         return frame
 
+    ora["ambient_note"] = [
+        ambient_note(genes, flagged.get(label, set())) for genes, label in zip(ora["genes"], ora["population"])
+    ]
     return guards(gsea), guards(ora)
 
 

@@ -55,6 +55,21 @@ def volcano_figure(
             rasterized=mask is rest,
             label=label,
         )
+    # Genes the soup explains (ambient_flag): ringed, so that a "monocyte gene" made by T cells and
+    # arriving through the ambient RNA is not read as biology.
+    flagged = (
+        data["ambient_flag"].astype(str).eq("True").to_numpy() if "ambient_flag" in data else np.zeros(len(data), bool)
+    )
+    if flagged.any():
+        ax.scatter(
+            data["log2FoldChange"][flagged],
+            data["y"][flagged],
+            s=30,
+            facecolors="none",
+            edgecolors="black",
+            linewidths=0.6,
+            label=f"ambient RNA explains it ({int(flagged.sum())})",
+        )
     ax.axvline(0, color="black", linewidth=0.5)
     labelled = data.loc[significant].sort_values(["padj", "pvalue", "gene"]).head(max(n_label, 0))
     for i, (_, row) in enumerate(labelled.iterrows()):
