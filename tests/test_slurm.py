@@ -280,6 +280,16 @@ def slurm_cluster(tmp_path_factory):
 # --------------------------------------------------------------------------------------------
 # The runs
 
+# The project's SLURM profile; the test cluster has no accounting database: squeue instead of
+# sacct, and no account.
+THROUGH_TEST_SLURM = (
+    "--profile",
+    str(ROOT / "profiles" / "slurm"),
+    "--slurm-status-command",
+    "squeue",
+    "--slurm-no-account",
+)
+
 
 @pytest.fixture(scope="module")
 def tiny_cohort(tmp_path_factory) -> Path:
@@ -309,19 +319,14 @@ def slurm_and_local_runs(slurm_cluster, tiny_cohort):
         result = run_snakemake(
             slurm,
             *COMPARED,
-            "--profile",
-            str(ROOT / "profiles" / "slurm"),
-            "--config",
-            f"samples={sheet}",
-            # The test cluster has no accounting database: squeue instead of sacct, no account.
-            "--slurm-status-command",
-            "squeue",
-            "--slurm-no-account",
+            *THROUGH_TEST_SLURM,
             # The plugin checks job states this many seconds after the last finished job, then 10 s
             # later each time (8, 26, 54 s ...): most jobs here take 15-25 s.
             "--slurm-init-seconds-before-status-checks",
             "8",
             "--slurm-keep-successful-logs",
+            "--config",
+            f"samples={sheet}",
             check=False,
             timeout=1200,
         )
@@ -503,18 +508,14 @@ def test_a_job_out_of_memory_is_retried_with_more_and_succeeds(slurm_cluster, ti
     result = run_snakemake(
         tmp_path,
         f"results/qc/{sample}.h5ad",
-        "--profile",
-        str(ROOT / "profiles" / "slurm"),
+        *THROUGH_TEST_SLURM,
+        "--slurm-init-seconds-before-status-checks",
+        "5",
         "--configfile",
         str(ROOT / "config" / "config.yaml"),
         str(tmp_path / "little_memory.yaml"),
         "--config",
         f"samples={sheet}",
-        "--slurm-status-command",
-        "squeue",
-        "--slurm-no-account",
-        "--slurm-init-seconds-before-status-checks",
-        "5",
         check=False,
         timeout=600,
     )
