@@ -119,9 +119,9 @@ def contamination_fraction(
     Returns
     -------
     AmbientEstimate
-        ``rho`` with a 95 % interval from the Poisson counts of the genes in the cells and in the
-        soup's droplets (delta method on the log ratio); ``rho`` is NaN when the genes are absent
-        from the soup (nothing to measure it by).
+        ``rho`` with a 95 % interval: exact Poisson bounds of the genes' counts in the cells,
+        widened by the Poisson error of their counts in the soup's droplets; ``rho`` is NaN when
+        the genes are absent from the soup (nothing to measure it by).
     """
     soup_source, empty_droplets = soup.source, soup.droplets
     profile = soup.profile
