@@ -174,3 +174,24 @@ def test_a_set_moved_mostly_by_the_soup_gets_a_note_and_a_set_of_biology_none():
     assert "3 of 4 genes explained by ambient RNA" in ambient.ambient_note("CD3E;CD3D;TRBC2;LYZ", flagged)
     assert ambient.ambient_note("CD3E;LYZ;S100A8;S100A9", flagged) == ""  # 1 of 4: biology leads
     assert ambient.ambient_note("", flagged) == "" and ambient.ambient_note("nan", flagged) == ""
+
+
+def test_subtracting_the_soup_removes_a_soup_only_gene_and_leaves_a_real_one():
+    pb, rho, soups = soup_pseudobulks()
+    pb.layers["ambient"] = ambient.expected_soup_counts(pb, rho, soups)
+    before = pb.X.copy()
+    ambient.subtract_soup(pb)
+    cd3e, lyz = pb.var_names.get_loc("CD3E"), pb.var_names.get_loc("LYZ")
+    assert (pb.layers["uncorrected"] == before).all() and (pb.X >= 0).all()
+    # CD3E in monocytes was all soup: what is left is Poisson noise around zero.
+    assert pb.X[:, cd3e].sum() < 0.05 * before[:, cd3e].sum()
+    # LYZ keeps its own counts (the soup was 3 % of them) and its two-fold rise.
+    assert pb.X[:, lyz].sum() > 0.95 * before[:, lyz].sum()
+    post = pb.obs["timepoint"].to_numpy() == "post"
+    assert 1.8 < pb.X[post, lyz].mean() / pb.X[~post, lyz].mean() < 2.2
+    # The ambient columns still compare with the counts as they were.
+    table = pd.DataFrame({"gene": ["CD3E", "LYZ"], "log2FoldChange": [1.0, 1.0]})
+    from pbmc_prepost.design import Contrast
+
+    out = ambient.ambient_columns(table, pb, Contrast("timepoint", "pre", "post", "donor")).set_index("gene")
+    assert out.at["CD3E", "ambient_share"] > 0.9 and bool(out.at["CD3E", "ambient_flag"])

@@ -27,6 +27,7 @@ checkpoint pseudobulk_cells:
         runtime=runtime_min(10, per_input_mb=0.01),
     params:
         settings=SETTINGS.de,
+        ambient=SETTINGS.ambient,
     script:
         "../scripts/pseudobulk_cells.py"
 

@@ -22,6 +22,8 @@ for path in smk.input.soups:
         soups[Path(path).name.removesuffix(".soup.tsv.gz")] = soup.set_index("gene")["soup_share"]
 if soups:
     pb.layers["ambient"] = ambient.expected_soup_counts(pb, contamination, soups)
+    if smk.params.ambient.correct:
+        ambient.subtract_soup(pb)
 pb.write_h5ad(smk.output.h5ad)
 write_tsv(pseudobulk.population_files(adata.obs[settings.level]), smk.output.populations)
 log.info("%d pseudobulks of %d populations at level %s", pb.n_obs, pb.obs[settings.level].nunique(), settings.level)

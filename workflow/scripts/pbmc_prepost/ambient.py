@@ -311,6 +311,17 @@ def expected_soup_counts(pb: ad.AnnData, contamination: pd.Series, soups: dict[s
     return expected
 
 
+def subtract_soup(pb: ad.AnnData) -> None:
+    """Remove the soup's expected counts (``layers["ambient"]``) from the pseudobulks, in place:
+    ``X`` becomes the rounded difference floored at zero, and the counts as summed stay in
+    ``layers["uncorrected"]`` (the DE fits ``X``; its ambient columns compare with the uncorrected)."""
+    observed = np.asarray(pb.X, dtype=np.float64)
+    pb.layers["uncorrected"] = observed.copy()
+    pb.X = np.maximum(np.rint(observed - np.asarray(pb.layers["ambient"], dtype=np.float64)), 0.0)
+    removed = 1 - pb.X.sum() / max(observed.sum(), 1)
+    log.info("soup subtracted from the pseudobulks: %.2f %% of their counts", 100 * removed)
+
+
 #: A DE gene is flagged when the soup makes up at least this share of the population's counts of
 #: it, or explains at least this share of its change (a majority: not tuned to any cohort).
 FLAG_SHARE = 0.5
@@ -337,7 +348,8 @@ def ambient_columns(table: pd.DataFrame, pb: ad.AnnData, contrast: Contrast) -> 
         return out
     genes = out["gene"].astype(str).to_numpy()
     columns = pb.var_names.get_indexer(genes)
-    observed = np.asarray(pb.X, dtype=np.float64)[:, columns]
+    counts = pb.layers["uncorrected"] if "uncorrected" in pb.layers else pb.X
+    observed = np.asarray(counts, dtype=np.float64)[:, columns]
     soup = soup_all[:, columns]
     total = pb.obs["total_counts"].to_numpy(dtype=np.float64)[:, None]
     level = pb.obs[contrast.column].astype(str).to_numpy()

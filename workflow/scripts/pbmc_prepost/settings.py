@@ -84,11 +84,12 @@ class AmbientSettings(NamedTuple):
     method: str
     marker_pattern: str
     empty_max_umis: int
+    correct: bool
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> AmbientSettings:
         section = config["ambient"]
-        return cls(section["method"], section["marker_pattern"], section["empty_max_umis"])
+        return cls(section["method"], section["marker_pattern"], section["empty_max_umis"], section["correct"])
 
 
 class MergeSettings(NamedTuple):
