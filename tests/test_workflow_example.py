@@ -228,7 +228,12 @@ def test_paired_pseudobulk_de_finds_il7_pharmacodynamics_and_monocyte_shift(exam
             "stat",
             "pvalue",
             "padj",
+            "ambient_share",
+            "ambient_change_share",
+            "ambient_flag",
         ]
+        # The example has no raw droplets: nothing estimated, nothing flagged (the tables say so).
+        assert table["ambient_share"].isna().all() and not table["ambient_flag"].any()
         assert table.loc["IL7R", "log2FoldChange"] < 0 and table.loc["IL7R", "padj"] < 0.05, group
         for gene in ("BCL2", "CISH"):
             assert table.loc[gene, "log2FoldChange"] > 0 and table.loc[gene, "padj"] < 0.05, (group, gene)
