@@ -1,7 +1,5 @@
 """Snakemake adapter: sum raw counts per sample x population (the pseudobulks every DE job fits)."""
 
-from pathlib import Path
-
 from pbmc_prepost import ambient, pseudobulk
 from pbmc_prepost.h5ad import read_h5ad_parts
 from pbmc_prepost.runtime import start_job
@@ -15,11 +13,7 @@ attach_cell_labels(adata, smk.input.cells, ["cell_type", "lineage"])
 pb = pseudobulk.pseudobulk_for_contrast(adata, settings, batch_col="batch")
 # The soup's expected counts in every pseudobulk, for the DE tables' ambient columns.
 contamination = read_tsv(smk.input.ambient).set_index("sample")["contamination"]
-soups = {}
-for path in smk.input.soups:
-    soup = read_tsv(path)
-    if len(soup):
-        soups[Path(path).name.removesuffix(".soup.tsv.gz")] = soup.set_index("gene")["soup_share"]
+soups = ambient.read_soups(smk.input.soups)
 if soups:
     pb.layers["ambient"] = ambient.expected_soup_counts(pb, contamination, soups)
     if smk.params.ambient.correct:

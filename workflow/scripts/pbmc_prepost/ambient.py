@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import anndata as ad
@@ -286,6 +287,19 @@ NUMERIC = [
     "cells_expressing",
     "empty_droplets",
 ]
+
+
+def read_soups(paths: list[str]) -> dict[str, pd.Series]:
+    """Sample -> soup share per gene, from ``results/qc/<sample>.soup.tsv.gz`` (samples without an
+    estimate wrote an empty table and are left out)."""
+    from pbmc_prepost.tables import read_tsv
+
+    soups = {}
+    for path in paths:
+        soup = read_tsv(path)
+        if len(soup):
+            soups[Path(path).name.removesuffix(".soup.tsv.gz")] = soup.set_index("gene")["soup_share"]
+    return soups
 
 
 def expected_soup_counts(pb: ad.AnnData, contamination: pd.Series, soups: dict[str, pd.Series]) -> np.ndarray:
