@@ -114,3 +114,41 @@ def test_start_job_sets_scanpy_threads_only_where_needed(threads, scanpy, n_jobs
         [sys.executable, "-c", START, str(threads)], env=env, capture_output=True, text=True, check=True
     )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"scanpy": scanpy, "n_jobs": n_jobs}
+
+
+AVX512 = "flags\t\t: fpu sse2 avx fma avx2 avx512f avx512dq\n"
+
+
+@pytest.mark.parametrize(
+    ("machine", "cpuinfo", "expected"),
+    [
+        ("x86_64", AVX512, "Haswell"),  # an AVX-512 machine runs the AVX2 kernels like the others
+        ("x86_64", "flags\t\t: fpu sse2 avx fma avx2\n", "Haswell"),
+        ("x86_64", "flags\t\t: fpu sse2 avx\n", None),  # no AVX2: Haswell kernels would not run
+        ("aarch64", "Features\t: fp asimd\n", None),
+    ],
+)
+def test_blas_kernels_are_pinned_only_where_they_run(machine, cpuinfo, expected):
+    from pbmc_prepost.runtime import portable_blas_core
+
+    assert portable_blas_core(machine, cpuinfo) == expected
+
+
+def test_jobs_run_the_pinned_blas_kernels_and_provenance_says_which():
+    """A process started the way Snakemake starts a job, after the Snakefile pinned the kernels,
+    runs OpenBLAS's Haswell kernels whatever this CPU would pick, and software_versions records it."""
+    from pbmc_prepost.runtime import portable_blas_core
+
+    if portable_blas_core(os.uname().machine, Path("/proc/cpuinfo").read_text()) is None:
+        pytest.skip("no pinned kernels on this CPU")
+    code = (
+        "from pbmc_prepost.runtime import pin_blas_kernels; pin_blas_kernels();"
+        "import subprocess, sys;"
+        "subprocess.run([sys.executable, '-c', 'import json; from pbmc_prepost.provenance import blas_kernels;"
+        "print(json.dumps(blas_kernels()))'], check=True)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    env["PYTHONPATH"] = str(ROOT / "workflow" / "scripts")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    rows = json.loads(out)
+    assert rows and all(row["version"].endswith(" Haswell") for row in rows), rows

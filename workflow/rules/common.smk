@@ -18,6 +18,7 @@ from pbmc_prepost import InputError  # noqa: E402
 from pbmc_prepost.configuration import validate_config  # noqa: E402
 from pbmc_prepost.design import Design, Study  # noqa: E402
 from pbmc_prepost.io import locate_mtx  # noqa: E402
+from pbmc_prepost.runtime import pin_blas_kernels  # noqa: E402
 from pbmc_prepost.samplesheet import load_sample_sheet  # noqa: E402
 from pbmc_prepost.sheet_design import contrast_support  # noqa: E402
 from pbmc_prepost.settings import build_settings  # noqa: E402
@@ -26,6 +27,8 @@ from pbmc_prepost.settings import build_settings  # noqa: E402
 # project-local cache lets each Snakemake job reuse what an earlier job compiled.
 os.environ.setdefault("NUMBA_CACHE_DIR", str(PROJECT_DIR / ".cache" / "numba"))
 os.environ.setdefault("MPLCONFIGDIR", str(PROJECT_DIR / ".cache" / "matplotlib"))
+# One OpenBLAS kernel family on every x86-64 machine: same input, same tables (runtime.py).
+pin_blas_kernels()
 
 ENV = "../../envs/analysis.yaml"
 

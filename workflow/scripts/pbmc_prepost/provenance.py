@@ -32,7 +32,22 @@ def software_versions() -> pd.DataFrame:
     """``package``, ``version`` of Python and of every installed distribution, sorted by name."""
     versions = sorted((d.metadata["Name"], d.version) for d in distributions())
     frame = pd.DataFrame(versions, columns=["package", "version"]).drop_duplicates("package")
-    return pd.concat([pd.DataFrame([{"package": "python", "version": sys.version.split()[0]}]), frame])
+    first = [{"package": "python", "version": sys.version.split()[0]}, *blas_kernels()]
+    return pd.concat([pd.DataFrame(first), frame])
+
+
+def blas_kernels() -> list[dict[str, str]]:
+    """The BLAS libraries loaded and the kernel family each runs (``OPENBLAS_CORETYPE``), as rows
+    ``package`` (e.g. ``blas:openblas``), ``version`` (e.g. ``0.3.29 Haswell``)."""
+    import numpy  # noqa: F401 (loads numpy's BLAS)
+    import scipy.linalg  # noqa: F401 (and scipy's)
+    from threadpoolctl import threadpool_info
+
+    rows = {}
+    for library in threadpool_info():
+        if library.get("user_api") == "blas":
+            rows[f"blas:{library['internal_api']}"] = f"{library.get('version')} {library.get('architecture')}"
+    return [{"package": name, "version": value} for name, value in sorted(rows.items())]
 
 
 FALLBACK_COLUMNS = ["step", "subject", "fallback", "reason"]

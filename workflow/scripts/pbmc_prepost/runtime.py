@@ -47,6 +47,38 @@ def start_job(log_path: str | None, threads: int = 1, seed: int = 0) -> logging.
     return logger
 
 
+#: OpenBLAS kernel family every x86-64 job uses (see :func:`portable_blas_core`).
+BLAS_CORE = "Haswell"
+
+
+def portable_blas_core(machine: str, cpuinfo: str) -> str | None:
+    """The ``OPENBLAS_CORETYPE`` that makes results the same on every x86-64 machine, or None.
+
+    OpenBLAS picks its kernels by CPU: on a machine with AVX-512 the PCA's last digits differ from
+    those of an AVX2 machine, the kNN graph and the clusters follow, and the same input gives
+    other tables (measured: the example's clusters and everything after them changed between two
+    machines of this project's CI). Every x86-64 CPU with AVX2 runs the Haswell kernels, so they
+    are chosen there; elsewhere (older x86, ARM) OpenBLAS keeps its own choice.
+    """
+    if machine.lower() not in {"x86_64", "amd64"}:
+        return None
+    flags = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
+    return BLAS_CORE if {"avx2", "fma"} <= set(flags.split()) else None
+
+
+def pin_blas_kernels() -> None:
+    """Set ``OPENBLAS_CORETYPE`` for the jobs this process starts (a value already set is kept)."""
+    import platform
+
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return
+    core = portable_blas_core(platform.machine(), cpuinfo)
+    if core:
+        os.environ.setdefault("OPENBLAS_CORETYPE", core)
+
+
 DISK_FULL_HELP = (
     "no space left on the device that holds the run folder %s (or its temporary files): free space, "
     "or run with --directory on a larger disk, and rerun the same command. Snakemake deletes the "
