@@ -40,6 +40,8 @@ PRESETS = {
     "small": _SMALL,
     "small_null": replace(_SMALL, seed=99, treatment_effect=False),
     "tiny": SimulationParams(n_donors=3, cells_per_sample=400, n_genes=1500),
+    # The SLURM test's cohort: tiny, with each sample's raw droplet matrix (tests/data/tiny_tables.sha256).
+    "tiny_raw": SimulationParams(n_donors=3, cells_per_sample=400, n_genes=1500, empty_droplets=3000),
     # Shallow, real-looking data (tests/test_workflow_shallow.py, tests/test_annotate.py).
     "realistic": _REALISTIC,
     # QC (tests/test_qc_cohorts.py): two processing batches whose healthy cells sit at a median of
