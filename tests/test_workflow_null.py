@@ -15,17 +15,17 @@ from conftest import ROOT, recorded_tables_differ, run_snakemake, write_cohort
 pytestmark = [pytest.mark.workflow, pytest.mark.beside_unit]
 
 
-#: Every kind of contrast on the null trial: two differences of changes, one over every donor, one
-#: within an arm.
+#: Every kind of contrast on the null trial, over all three timepoints: a difference of changes, one
+#: over every donor, one within an arm. (A fourth, the day-28 difference of changes, cost a minute
+#: of make test and tested nothing the day-7 one does not.)
 CONTRASTS = """design:
   arm: arm
 contrasts:
   - {name: day7_il7_vs_placebo, reference: day0, treated: day7, arm: IL7, versus_arm: placebo}
-  - {name: day28_il7_vs_placebo, reference: day0, treated: day28, arm: IL7, versus_arm: placebo}
   - {name: day7_vs_day0, reference: day0, treated: day7}
   - {name: day28_within_il7, reference: day0, treated: day28, arm: IL7}
 """
-NAMES = ["day7_il7_vs_placebo", "day28_il7_vs_placebo", "day7_vs_day0", "day28_within_il7"]
+NAMES = ["day7_il7_vs_placebo", "day7_vs_day0", "day28_within_il7"]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_missing_sample_is_excluded_from_paired_tests_and_said(null_run):
     assert (day7["n_pairs"] == 7).all() and day7["note"].str.contains("4 IL7 \\+ 3 placebo").all()
     # Small populations lose a pseudobulk here and there (fewer than de.min_cells cells); T cells none.
     t_cells = ["CD4 T", "CD8 T"]
-    assert (tested.loc["day28_il7_vs_placebo"].loc[t_cells, "n_pairs"] == 8).all()
+    assert (tested.loc["day7_vs_day0"].loc[t_cells, "n_pairs"] == 7).all()
     assert (tested.loc["day28_within_il7"].loc[t_cells, "n_pairs"] == 4).all()
     composition = pd.read_csv(workdir / "results" / "composition" / "test.tsv", sep="\t", keep_default_na=False)
     day7_shares = composition[composition["contrast"] == "day7_vs_day0"]
@@ -96,9 +96,10 @@ def test_null_data_give_gene_set_calls_only_at_the_false_positive_rate(null_run)
     # test_enrichment.py, xfails). On null data a call is a false positive. Benjamini-Hochberg within a family (contrast x
     # population x set category) calls something in at most 5 % of the families, and the families
     # are not independent: a sample's interferon tone or handling stress is shared by all its
-    # populations and every contrast it is in. Measured on this cohort: calls in 8 of 345 rows
-    # (interferon in 3 populations of the day-28 contrasts, stress in CD4 T, one TGF-b), in 8 of
-    # ~100 families. More than the binomial 99th percentile of the families would be a bias.
+    # populations and every contrast it is in. Measured on this cohort (with a fourth contrast,
+    # the day-28 difference of changes): calls in 8 of 345 rows (interferon in 3 populations of the
+    # day-28 contrasts, stress in CD4 T, one TGF-b), in 8 of ~100 families. More than the binomial
+    # 99th percentile of the families would be a bias.
     tested = gsea[gsea["donor_pvalue"].notna()]
     families = tested.groupby(["contrast", "population", tested["gene_set"].map(sets)])
     called = families["call"].apply(lambda calls: (calls != "ns").any())
