@@ -195,3 +195,43 @@ def test_subtracting_the_soup_removes_a_soup_only_gene_and_leaves_a_real_one():
 
     out = ambient.ambient_columns(table, pb, Contrast("timepoint", "pre", "post", "donor")).set_index("gene")
     assert out.at["CD3E", "ambient_share"] > 0.9 and bool(out.at["CD3E", "ambient_flag"])
+
+
+def test_cellbender_output_is_read_as_its_cells_and_not_corrected_twice(soupy, tmp_path):
+    """CellBender's output .h5 (its /matrix of corrected counts beside its latents) is told from a
+    Cell Ranger .h5 by content, read as the droplets it calls cells, and its sample is neither
+    estimated nor corrected again, raw droplets or not."""
+    from pbmc_prepost import io
+    from pbmc_prepost.formats import AMBIENT_CORRECTED, detect_format
+    from pbmc_prepost.preflight import peek_counts
+    from pbmc_prepost.settings import AmbientSettings, default_config
+    from pbmc_prepost.simulation.writers import write_cellbender_h5
+
+    cells, empty = soupy.samples["D1_pre"], soupy.empty["D1_pre"]
+    droplets = ad.AnnData(
+        sp.vstack([cells.X, empty.X]).tocsr(),
+        obs=pd.DataFrame(index=[*cells.obs_names, *empty.obs_names]),
+        var=cells.var,
+    )
+    probability = np.r_[np.full(cells.n_obs, 0.99), np.full(empty.n_obs, 0.02)]
+    soup = np.asarray(empty.X.sum(0)).ravel()
+    path = write_cellbender_h5(droplets, tmp_path / "D1_pre_cellbender.h5", probability, soup / soup.sum())
+
+    assert detect_format(path) == "cellbender_h5" and AMBIENT_CORRECTED["cellbender_h5"] == "CellBender"
+    peek_counts(path, "cellbender_h5", None, "sample 'D1_pre'")
+    read = io.read_counts(path, source="sample 'D1_pre'")
+    assert list(read.obs_names) == list(cells.obs_names)  # the empty droplets left out
+    assert (read.X != sp.csr_matrix(cells.X, dtype=np.float32)).nnz == 0
+
+    settings = AmbientSettings.from_config(default_config())
+    row, profile = ambient.sample_ambient(read, droplets, read.obs_names, "D1_pre", settings, corrected_by="CellBender")
+    assert row.at[0, "method"] == "corrected_upstream" and np.isnan(row.at[0, "contamination"])
+    assert "CellBender" in row.at[0, "note"] and profile.empty
+    # A CellBender file holding only its cells (the _filtered.h5) keeps them all.
+    filtered = write_cellbender_h5(
+        ad.AnnData(cells.X, var=cells.var, obs=pd.DataFrame(index=cells.obs_names)),
+        tmp_path / "filtered.h5",
+        np.full(cells.n_obs, 0.99),
+        soup / soup.sum(),
+    )
+    assert io.read_counts(filtered).n_obs == cells.n_obs

@@ -53,7 +53,10 @@ try:
             if "mito_pattern" in values
         },
     )
-    _no_raw = list(SHEET.samples.index[SHEET.samples["resolved_raw_path"] == ""])
+    # CellBender's output is already corrected: it needs no raw droplets.
+    _no_raw = list(
+        SHEET.samples.index[(SHEET.samples["resolved_raw_path"] == "") & (SHEET.samples["format"] != "cellbender_h5")]
+    )
     if config["ambient"]["method"] == "raw_droplets" and _no_raw:
         raise InputError(
             f"{config['samples']}: ambient.method is raw_droplets, but {len(_no_raw)} sample(s) have no "

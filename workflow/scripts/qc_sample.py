@@ -3,6 +3,7 @@
 import pandas as pd
 
 from pbmc_prepost import ambient, io, qc
+from pbmc_prepost.formats import AMBIENT_CORRECTED
 from pbmc_prepost.plots.qc import qc_sample_figure
 from pbmc_prepost.runtime import start_job
 from pbmc_prepost.tables import FLOAT_FORMAT, write_tsv
@@ -22,9 +23,13 @@ result.removed.write_h5ad(smk.output.removed)
 write_tsv(result.cells, smk.output.cells)
 write_tsv(pd.DataFrame([result.summary]), smk.output.summary)
 # The soup, from the raw matrix's empty droplets when the sheet gives one (results/qc/ambient.tsv).
-use_raw = smk.params.raw_path and smk.params.ambient.method != "none"
+# Counts CellBender already corrected are not corrected twice (their row says so).
+corrected_by = AMBIENT_CORRECTED.get(smk.params.format)
+use_raw = smk.params.raw_path and smk.params.ambient.method != "none" and not corrected_by
 raw = io.read_counts(smk.params.raw_path, source=f"sample '{sample}' raw_path") if use_raw else None
-estimate, soup = ambient.sample_ambient(result.filtered, raw, counts.obs_names, sample, smk.params.ambient)
+estimate, soup = ambient.sample_ambient(
+    result.filtered, raw, counts.obs_names, sample, smk.params.ambient, corrected_by=corrected_by
+)
 write_tsv(estimate, smk.output.ambient, FLOAT_FORMAT)
 write_tsv(soup, smk.output.soup, FLOAT_FORMAT)
 qc_sample_figure(

@@ -197,6 +197,7 @@ def sample_ambient(
     called: pd.Index,
     sample: str,
     settings: AmbientSettings,
+    corrected_by: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One sample's row of ``results/qc/ambient.tsv``, and its soup (``gene``, ``soup_share``;
     empty when not estimated).
@@ -213,8 +214,17 @@ def sample_ambient(
         The sample id.
     settings
         Method, marker genes and the empty droplets' UMI bound (config ``ambient``).
+    corrected_by
+        The tool that already removed the soup from the counts (``"CellBender"`` for its output),
+        or None. Such a sample is neither estimated nor corrected again: method
+        ``corrected_upstream``, and its note names the tool.
     """
     row = dict.fromkeys(AMBIENT_COLUMNS, np.nan) | {"sample": sample, "genes": "", "note": ""}
+    if corrected_by:
+        note = f"counts already corrected for ambient RNA by {corrected_by}: not estimated or corrected again"
+        return pd.DataFrame([row | {"method": "corrected_upstream", "note": note}])[AMBIENT_COLUMNS], pd.DataFrame(
+            columns=SOUP_COLUMNS
+        )
     if settings.method == "none" or raw is None:
         note = (
             "ambient.method none"
@@ -270,7 +280,7 @@ def combine_ambient(paths: list[str], study: Study) -> pd.DataFrame:
     meta = study.sample_meta()
     for column in reversed(study.meta_columns):
         table.insert(1, column, table["sample"].map(meta[column]))
-    estimated = table[table["method"] != "none"]
+    estimated = table[table["contamination"].notna()]
     if len(estimated):
         by_level = estimated.groupby(study.contrast.column)["contamination"].median()
         log.info("median contamination by %s: %s", study.contrast.column, (100 * by_level).round(2).to_dict())

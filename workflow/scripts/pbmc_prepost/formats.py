@@ -14,13 +14,17 @@ import h5py
 
 from pbmc_prepost import InputError
 
-FORMATS: tuple[str, ...] = ("10x_mtx", "10x_h5", "h5ad")
+FORMATS: tuple[str, ...] = ("10x_mtx", "10x_h5", "cellbender_h5", "h5ad")
+#: Formats whose counts were already corrected for ambient RNA (the workflow does not do it again).
+AMBIENT_CORRECTED = {"cellbender_h5": "CellBender"}
+#: HDF5 groups CellBender remove-background (0.3) writes beside the 10x-style ``/matrix``.
+CELLBENDER_GROUPS = frozenset({"droplet_latents", "global_latents"})
 
 _LAYOUTS = (
     "a Cell Ranger folder with matrix.mtx(.gz) + features.tsv(.gz) or genes.tsv(.gz) + "
     "barcodes.tsv(.gz); a GEO-style matrix file '<prefix>matrix.mtx(.gz)' next to "
     "'<prefix>features.tsv(.gz)' (or genes.tsv) and '<prefix>barcodes.tsv(.gz)'; "
-    "a Cell Ranger '.h5' file; an AnnData '.h5ad' file"
+    "a Cell Ranger '.h5' file; CellBender remove-background's output '.h5'; an AnnData '.h5ad' file"
 )
 
 
@@ -166,7 +170,7 @@ def detect_format(path: str | Path, source: str = "") -> str:
     Returns
     -------
     str
-        One of ``"10x_mtx"``, ``"10x_h5"``, ``"h5ad"``.
+        One of ``"10x_mtx"``, ``"10x_h5"``, ``"cellbender_h5"``, ``"h5ad"``.
 
     Raises
     ------
@@ -197,14 +201,15 @@ def detect_format(path: str | Path, source: str = "") -> str:
 
 
 def sniff_hdf5(path: Path) -> str | None:
-    """'10x_h5' or 'h5ad' from an HDF5 file's top-level keys; None when not telling/unreadable."""
+    """'10x_h5', 'cellbender_h5' or 'h5ad' from an HDF5 file's top-level keys; None when not
+    telling/unreadable."""
     try:
         if not h5py.is_hdf5(path):
             return None
         with h5py.File(path, "r") as f:
             keys = set(f.keys())
             if "matrix" in keys:
-                return "10x_h5"
+                return "cellbender_h5" if keys & CELLBENDER_GROUPS else "10x_h5"
             if "X" in keys or {"obs", "var"} <= keys:
                 return "h5ad"
             # Cell Ranger v2: one group per genome, each with barcodes and gene_names

@@ -394,7 +394,9 @@ def read_counts(
         Cell Ranger matrix folder, GEO-style ``<prefix>matrix.mtx(.gz)`` file, 10x ``.h5`` or
         AnnData ``.h5ad``.
     fmt
-        ``"10x_mtx"``, ``"10x_h5"`` or ``"h5ad"``; ``None`` or ``""`` detects it.
+        ``"10x_mtx"``, ``"10x_h5"``, ``"cellbender_h5"`` or ``"h5ad"``; ``None`` or ``""``
+        detects it. CellBender's output is read as its 10x-style ``/matrix`` (the corrected
+        counts), kept to the droplets it calls cells (:func:`cellbender_cells`).
     counts_layer
         For h5ad only: the layer holding raw counts (default: ``X``).
     source
@@ -421,4 +423,33 @@ def read_counts(
         return _read_mtx(path, source)
     if fmt == "10x_h5":
         return _read_h5(path, source)
+    if fmt == "cellbender_h5":
+        adata = _read_h5(path, source)
+        cells = cellbender_cells(path)
+        if cells is not None:
+            adata = adata[adata.obs_names.isin(cells)].copy()
+        return adata
     return _read_h5ad(path, counts_layer, source)
+
+
+#: CellBender writes a droplet to its filtered output when its cell probability exceeds this.
+CELLBENDER_CELL_PROBABILITY = 0.5
+
+
+def cellbender_cells(path: Path) -> np.ndarray | None:
+    """Barcodes CellBender calls cells (``/droplet_latents/cell_probability`` above 0.5, its own
+    rule for the ``_filtered.h5`` output), or None when the file has no cell probabilities.
+
+    Its full output holds every droplet it saw, empty ones included; the filtered one only cells,
+    for which this keeps them all.
+    """
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        latents = f.get("droplet_latents")
+        if latents is None or "cell_probability" not in latents or "barcode_indices_for_latents" not in latents:
+            return None
+        probability = latents["cell_probability"][:]
+        indices = latents["barcode_indices_for_latents"][:].astype(int)
+        barcodes = f["matrix"]["barcodes"][:].astype(str)
+    return barcodes[indices[probability > CELLBENDER_CELL_PROBABILITY]]

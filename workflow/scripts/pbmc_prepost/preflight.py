@@ -218,7 +218,8 @@ def peek_counts(
     path
         Input as accepted by :func:`read_counts`.
     fmt
-        ``"10x_mtx"``, ``"10x_h5"`` or ``"h5ad"``; ``None`` or ``""`` detects it.
+        ``"10x_mtx"``, ``"10x_h5"``, ``"cellbender_h5"`` or ``"h5ad"``; ``None`` or ``""``
+        detects it.
     counts_layer
         For h5ad only: the layer holding raw counts.
     source
@@ -241,7 +242,7 @@ def peek_counts(
     check_layer_arg(fmt, counts_layer, path, source)
     if fmt == "10x_mtx":
         _peek_mtx(path, source, n_values, mito_pattern)
-    elif fmt == "10x_h5":
+    elif fmt in ("10x_h5", "cellbender_h5"):
         _peek_h5(path, source, n_values, mito_pattern)
     else:
         _peek_h5ad(path, counts_layer, source, n_values, mito_pattern)

@@ -50,6 +50,7 @@ _FORMAT_ALIASES = {
     "10xh5": "10x_h5",
     "anndata": "h5ad",
     "10x_h5ad": "h5ad",
+    "cellbender": "cellbender_h5",
 }
 
 

@@ -90,7 +90,7 @@ def ambient_figure(table: pd.DataFrame, contrast_column: str, pair_by: str, path
     """Each sample's ambient RNA contamination (with its 95 % interval) by timepoint, a donor's
     samples joined: a change of contamination between timepoints moves every population's counts
     of the soup's genes, so it is worth seeing before any DE result."""
-    estimated = table[table["method"] != "none"].copy()
+    estimated = table[table["contamination"].notna()].copy()
     levels = list(dict.fromkeys(table[contrast_column]))
     fig, ax = plt.subplots(figsize=(max(4.5, 1.2 * len(levels) + 2.5), 4))
     if estimated.empty:

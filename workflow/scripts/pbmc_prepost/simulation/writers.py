@@ -138,6 +138,27 @@ def write_10x_h5(
     return path
 
 
+def write_cellbender_h5(
+    adata: anndata.AnnData, path: str | Path, cell_probability: np.ndarray, ambient_expression: np.ndarray
+) -> Path:
+    """Write counts as CellBender remove-background (0.3) writes its output: the Cell Ranger v3
+    ``/matrix`` (here: the counts given, as if corrected) plus ``/droplet_latents`` (each
+    droplet's ``cell_probability``) and ``/global_latents`` (``ambient_expression``, the soup
+    profile summing to one). Droplets of probability <= 0.5 are those CellBender leaves out of its
+    ``_filtered.h5``.
+    """
+    path = write_10x_h5(adata, path)
+    with h5py.File(path, "a") as f:
+        f.attrs["TITLE"] = "CellBender remove-background output"
+        latents = f.create_group("droplet_latents")
+        latents.create_dataset("cell_probability", data=np.asarray(cell_probability, dtype=np.float32))
+        latents.create_dataset("barcode_indices_for_latents", data=np.arange(adata.n_obs, dtype=np.int64))
+        f.create_group("global_latents").create_dataset(
+            "ambient_expression", data=np.asarray(ambient_expression, dtype=np.float32)
+        )
+    return path
+
+
 # Input layouts the writer cycles through for a "mixed" dataset, so every reader is exercised; the
 # last sample is written as a processed h5ad (Ensembl ids, normalized X, raw counts in a layer).
 MIXED_LAYOUTS = ["10x_h5", "cellranger_folder", "h5ad", "geo_triplet"]
