@@ -26,15 +26,18 @@ run: $(STAMP)
 # Everything, as CI runs it: the linters, then unit tests and whole-workflow runs, as three pytest
 # processes side by side (one alone leaves a core idle: unit tests are single-threaded, and the
 # SLURM test mostly waits for SLURM's status checks; pytest-xdist cannot keep it on one worker).
-# Workflow tests marked beside_unit run in the unit tests' process, which would finish first.
-# The workflow tests print as they go; the other two logs follow at the end.
+# Workflow tests marked beside_unit run in the unit tests' process, and the null trial after the
+# SLURM test in its process (done in 8.5 of the unit tests' 19.5 minutes when the null trial ran
+# beside the unit tests). The workflow tests print as they go; the other two logs follow at the end.
+AFTER_SLURM := tests/test_workflow_null.py
 test: lint
-	@$(BIN)/python -m pytest tests/test_slurm.py > .test-slurm.log 2>&1 & slurm=$$!; \
+	@$(BIN)/python -m pytest tests/test_slurm.py $(AFTER_SLURM) > .test-slurm.log 2>&1 & slurm=$$!; \
 	$(BIN)/python -m pytest -m "not workflow or beside_unit" > .test-unit.log 2>&1 & unit=$$!; \
-	$(BIN)/python -m pytest -m "workflow and not trial and not beside_unit" --ignore=tests/test_slurm.py; workflow=$$?; \
+	$(BIN)/python -m pytest -m "workflow and not trial and not beside_unit" --ignore=tests/test_slurm.py \
+		$(addprefix --ignore=,$(AFTER_SLURM)); workflow=$$?; \
 	wait $$unit; unit_status=$$?; wait $$slurm; slurm_status=$$?; \
 	echo "---- unit tests (run beside the workflow tests) ----"; cat .test-unit.log; \
-	echo "---- tests/test_slurm.py (run beside the workflow tests) ----"; cat .test-slurm.log; \
+	echo "---- tests/test_slurm.py $(AFTER_SLURM) (run beside the workflow tests) ----"; cat .test-slurm.log; \
 	test $$workflow -eq 0 && test $$unit_status -eq 0 && test $$slurm_status -eq 0
 
 # The simulated placebo-controlled trial through the workflow (tests/test_workflow_trial.py): about

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import anndata as ad
+import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 from scipy import stats
 
 from pbmc_prepost.design import safe_names
 from pbmc_prepost.simulation import PRESETS, simulate
+from pbmc_prepost.simulation.writers import write_cellbender_h5
 
 from conftest import ROOT, recorded_tables_differ, run_snakemake, write_cohort
 
-# beside_unit: make test runs it in the unit tests' process (they would finish minutes earlier).
-pytestmark = [pytest.mark.workflow, pytest.mark.beside_unit]
+# make test runs it after the SLURM test, in that test's process (Makefile AFTER_SLURM).
+pytestmark = pytest.mark.workflow
 
 
 #: Every kind of contrast on the null trial, over all three timepoints: a difference of changes, one
@@ -28,11 +32,34 @@ contrasts:
 NAMES = ["day7_il7_vs_placebo", "day7_vs_day0", "day28_within_il7"]
 
 
+#: Given as CellBender's output .h5 (its counts, 300 empty droplets it did not call cells, format
+#: left to detection): the same cells, so every result but this sample's ambient row is unchanged.
+CELLBENDER_SAMPLE = "D1_day0"
+
+
+def as_cellbender_output(sheet, cells: ad.AnnData, folder) -> None:
+    rng = np.random.default_rng(7)
+    profile = np.asarray(cells.X.sum(0)).ravel() / cells.X.sum()
+    empty = sp.csr_matrix(rng.multinomial(30, profile, size=300).astype(np.float32))
+    names = [*cells.obs_names, *(f"EMPTY{i:05d}-1" for i in range(300))]
+    path = write_cellbender_h5(
+        ad.AnnData(sp.vstack([sp.csr_matrix(cells.X), empty]).tocsr(), obs=pd.DataFrame(index=names), var=cells.var),
+        folder / f"{CELLBENDER_SAMPLE}_cellbender_output.h5",
+        np.r_[np.full(cells.n_obs, 0.99), np.full(300, 0.02)],
+        profile,
+    )
+    table = pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False)
+    table.loc[table["sample"] == CELLBENDER_SAMPLE, ["path", "format"]] = [str(path), ""]
+    table.to_csv(sheet, sep="\t", index=False)
+
+
 @pytest.fixture(scope="module")
 def null_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("null_run")
     # Donor D4 (placebo) lost its day-7 sample.
-    sheet = write_cohort(simulate(PRESETS["trial_null"]), workdir, drop=("D4_day7",))
+    data = simulate(PRESETS["trial_null"])
+    sheet = write_cohort(data, workdir, drop=("D4_day7",))
+    as_cellbender_output(sheet, data.samples[CELLBENDER_SAMPLE], workdir / "data")
     (workdir / "trial.yaml").write_text(CONTRASTS)
     configs = ["--configfile", str(ROOT / "config" / "config.yaml"), str(workdir / "trial.yaml")]
     result = run_snakemake(workdir, *configs, "--config", f"samples={sheet}")
@@ -54,6 +81,18 @@ def test_missing_sample_is_excluded_from_paired_tests_and_said(null_run):
     composition = pd.read_csv(workdir / "results" / "composition" / "test.tsv", sep="\t", keep_default_na=False)
     day7_shares = composition[composition["contrast"] == "day7_vs_day0"]
     assert (day7_shares["n_pairs"] == 7).all() and day7_shares["note"].str.contains("D4").all()
+
+
+def test_a_cellbender_sample_is_read_as_its_cells_and_not_corrected_again(null_run):
+    workdir, _ = null_run
+    qc = pd.read_csv(workdir / "results" / "qc" / "summary.tsv", sep="\t").set_index("sample")
+    truth = pd.read_csv(workdir / "data" / "truth" / "cells.tsv.gz", sep="\t", usecols=["sample"])
+    # The 300 empty droplets CellBender did not call cells are not read: its simulated cells only.
+    assert qc.at[CELLBENDER_SAMPLE, "cells_in"] == (truth["sample"] == CELLBENDER_SAMPLE).sum()
+    table = pd.read_csv(workdir / "results" / "qc" / "ambient.tsv", sep="\t", keep_default_na=False)
+    row = table.set_index("sample").loc[CELLBENDER_SAMPLE]
+    assert row["method"] == "corrected_upstream" and "CellBender" in row["note"]
+    assert set(table["method"].drop(table.index[table["sample"] == CELLBENDER_SAMPLE])) == {"none"}
 
 
 def test_every_contrast_has_its_own_outputs(null_run):
