@@ -11,7 +11,7 @@ CORES ?= all
 NO_PYTHON := make: no Python >= 3.12 found (python3 here is $(shell python3 --version 2>&1 | cut -d' ' -f2)). \
 	Install one (e.g. `pyenv install 3.12` or your distribution's python3.12), or run `make PYTHON=/path/to/python3.12`.
 
-.PHONY: run test test-trial test-fast lint format report example lock benchmark clean
+.PHONY: run test test-trial test-heavy test-fast lint format report example lock benchmark clean
 
 $(STAMP): requirements.lock
 	@test -n "$(PYTHON)" || { echo "$(NO_PYTHON)"; exit 1; }
@@ -32,7 +32,7 @@ run: $(STAMP)
 AFTER_SLURM := tests/test_workflow_null.py
 test: lint
 	@$(BIN)/python -m pytest tests/test_slurm.py $(AFTER_SLURM) > .test-slurm.log 2>&1 & slurm=$$!; \
-	$(BIN)/python -m pytest -m "not workflow or beside_unit" > .test-unit.log 2>&1 & unit=$$!; \
+	$(BIN)/python -m pytest -m "(not workflow or beside_unit) and not heavy" > .test-unit.log 2>&1 & unit=$$!; \
 	$(BIN)/python -m pytest -m "workflow and not trial and not beside_unit" --ignore=tests/test_slurm.py \
 		$(addprefix --ignore=,$(AFTER_SLURM)); workflow=$$?; \
 	wait $$unit; unit_status=$$?; wait $$slurm; slurm_status=$$?; \
@@ -46,6 +46,12 @@ test: lint
 # in make test.
 test-trial: $(STAMP)
 	$(BIN)/python -m pytest -m trial
+
+# The kNN-cache check (tests/test_runtime.py, marker heavy): numba compiles pynndescent's kernels
+# from cold in two fresh processes, 2-4 minutes of one core that make test's 20 minutes cannot
+# spare; run it after a change to the numba cache set-up or to scanpy/pynndescent versions.
+test-heavy: $(STAMP)
+	$(BIN)/python -m pytest -m heavy
 
 # Unit tests only (no whole-workflow run, no subprocess compile checks): a few minutes.
 test-fast: $(STAMP)

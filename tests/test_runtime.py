@@ -39,6 +39,7 @@ def compilations(cache_dir: Path, mode: str) -> dict[str, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_later_jobs_load_most_knn_code_from_the_cache(tmp_path):
     """The first job compiles and writes the cache; a later job loads most of the kNN code from it.
 
