@@ -42,6 +42,7 @@ from pbmc_prepost.simulation.biology import (
     CELL_CYCLE_GENES,
     COURSE_IFN_LOG2FC,
     COURSE_MONO_EFFECTS,
+    EXCLUSIVE_BACKGROUND_LOG2,
     FEMALE_GENES,
     GENE_TABLE,
     HAEMOGLOBIN,
@@ -53,6 +54,7 @@ from pbmc_prepost.simulation.biology import (
     IL7_T_EFFECTS,
     LIBRARY_FACTOR,
     LINEAGE,
+    LINEAGE_EXCLUSIVE_GENES,
     LINEAGE_MARKERS,
     MALE_GENES,
     MONO_EFFECTS,
@@ -66,6 +68,7 @@ from pbmc_prepost.simulation.biology import (
     SUBSET_PROGRAMS,
     T_SUBSETS,
 )
+from pbmc_prepost.simulation.soup_truth import SampleSoup, lineage_profiles, soup_only_genes
 
 
 @dataclass
@@ -228,6 +231,13 @@ def _build_profiles(genes: pd.DataFrame, params: SimulationParams, rng: np.rando
         for g in genes_down:
             if g in index:
                 log_expr[subsets.index(subset), index[g]] = base[index[g]]
+    # Lineage-exclusive transcripts: near absent outside the subsets that raise them (realistic
+    # soup-to-own ratios there: what an ambient estimate from "genes a population cannot make" needs).
+    for g in LINEAGE_EXCLUSIVE_GENES:
+        if g in index:
+            column = log_expr[:, index[g]]
+            floor = column.max() - EXCLUSIVE_BACKGROUND_LOG2 * ln2
+            column[column <= base[index[g]]] = min(floor, base[index[g]])
     cycling = np.zeros(n_genes)
     for g in CELL_CYCLE_GENES:
         if g in index:
@@ -352,6 +362,7 @@ def simulate(params: SimulationParams | None = None) -> SimulatedData:
     samples: dict[str, ad.AnnData] = {}
     empty: dict[str, ad.AnnData] = {}
     sample_rows = []
+    soups: list[SampleSoup] = []
     for d in range(params.n_donors):
         donor = f"D{d + 1}"
         drng = np.random.default_rng([params.seed, 1, d])
@@ -435,6 +446,18 @@ def simulate(params: SimulationParams | None = None) -> SimulatedData:
                     soup[index[g]] += red_cell_share * share
             soup /= soup.sum()
             ambient_mean = params.ambient_by_sample.get(sample, params.ambient_fraction)
+            healthy = ~dying
+            soups.append(
+                SampleSoup(
+                    donor,
+                    timepoint,
+                    ambient_mean,
+                    soup,
+                    lineage_profiles(
+                        profile[:n_cells][healthy], library[:n_cells][healthy], lineage_of[types][healthy]
+                    ),
+                )
+            )
             ambient = srng.beta(2.0, 2.0 / ambient_mean - 2.0, n_total) if ambient_mean > 0 else np.zeros(n_total)
             profile = profile * (1 - ambient)[:, None] + ambient[:, None] * soup
             mean = profile * library[:, None]
@@ -510,6 +533,8 @@ def simulate(params: SimulationParams | None = None) -> SimulatedData:
             "interferon": IFN_GENES,
         },
         "samples": sample_rows,
+        # Later timepoint -> lineage -> genes whose counts there move only through the soup.
+        "soup_only_genes": soup_only_genes(soups, symbols, params.timepoints[0]),
         "donor_arms": {f"D{d + 1}": arm for d, arm in enumerate(arms)},
         "timepoint_strength": {"drug": drug_strength, "course": course_strength},
         # Lineage -> gene -> log2 fold change of the disease course at full strength (every donor).
