@@ -40,6 +40,21 @@ def read_hashes(path: Path) -> dict[str, str]:
     return {relative: digest for digest, relative in pairs}
 
 
+def host_cpu() -> str:
+    """The CPU model LLVM names for this machine (e.g. ``znver3``), recorded with the hashes."""
+    import llvmlite.binding as llvm
+
+    return llvm.get_host_cpu_name()
+
+
+def recorded_cpu(path: Path) -> str | None:
+    """The ``# cpu:`` line of a record, or None for a record without one."""
+    for line in path.read_text().splitlines():
+        if line.startswith("# cpu:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
 def format_hashes(hashes: dict[str, str]) -> str:
     return "".join(f"{digest}  {relative}\n" for relative, digest in hashes.items())
 
@@ -51,7 +66,8 @@ def main() -> None:
     args = parser.parse_args()
     text = format_hashes(table_hashes(args.run))
     if args.write:
-        args.write.write_text("# sha256 of each results table (tools/table_hashes.py); provenance/ excluded\n" + text)
+        header = "# sha256 of each results table (tools/table_hashes.py); provenance/ excluded\n"
+        args.write.write_text(f"{header}# cpu: {host_cpu()}\n" + text)
     else:
         print(text, end="")
 

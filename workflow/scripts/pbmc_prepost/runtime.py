@@ -66,8 +66,21 @@ def portable_blas_core(machine: str, cpuinfo: str) -> str | None:
     return BLAS_CORE if {"avx2", "fma"} <= set(flags.split()) else None
 
 
+#: With the BLAS kernels, the two other places where a job's floating-point code depends on the
+#: CPU it runs on: numba compiles for the host (an AVX-512 machine vectorizes fastmath sums of
+#: scanpy's and pynndescent's kernels 16 wide, an AVX2 machine 8 wide; measured: a Zen 3 and a
+#: Zen 4 machine gave different QC and cluster tables with the BLAS pinned), and numpy dispatches
+#: its loops to the widest SIMD found. Both are pinned to the same Haswell (AVX2 + FMA) level.
+PORTABLE_CPU_ENV = {
+    "NUMBA_CPU_NAME": "haswell",
+    "NUMBA_CPU_FEATURES": "+avx2,+fma",
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR AVX512F AVX512_SKX AVX512_CLX AVX512_CNL",
+}
+
+
 def pin_blas_kernels() -> None:
-    """Set ``OPENBLAS_CORETYPE`` for the jobs this process starts (a value already set is kept)."""
+    """Set ``OPENBLAS_CORETYPE``, and numba's and numpy's CPU level (:data:`PORTABLE_CPU_ENV`), for
+    the jobs this process starts (values already set are kept)."""
     import platform
 
     try:
@@ -77,6 +90,8 @@ def pin_blas_kernels() -> None:
     core = portable_blas_core(platform.machine(), cpuinfo)
     if core:
         os.environ.setdefault("OPENBLAS_CORETYPE", core)
+        for name, value in PORTABLE_CPU_ENV.items():
+            os.environ.setdefault(name, value)
 
 
 DISK_FULL_HELP = (
