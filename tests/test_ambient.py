@@ -99,14 +99,18 @@ def test_the_sample_row_says_what_the_estimate_rests_on_and_why_none_was_made(so
             cells[~cells.obs["is_doublet"].to_numpy()], given, cells.obs_names, sample, settings
         )
         assert list(row.columns) == ambient.AMBIENT_COLUMNS and list(soup.columns) == ambient.SOUP_COLUMNS
-        assert len(soup) == (cells.n_vars if given is not None else 0)
+        # Without a raw matrix the soup is the cells' pooled profile (estimated after annotation).
+        assert len(soup) == cells.n_vars and soup["soup_share"].sum() == pytest.approx(1.0)
         write_tsv(row, tmp_path / f"{sample}.tsv", FLOAT_FORMAT)
         paths.append(str(tmp_path / f"{sample}.tsv"))
     table = ambient.combine_ambient(paths, study_of(soupy)).set_index("sample")
     assert table.at["D2_post", "method"] == "raw_droplets" and table.at["D2_post", "timepoint"] == "post"
     assert abs(table.at["D2_post", "contamination"] - 0.08) < 0.015 and table.at["D2_post", "empty_droplets"] > 2500
-    assert table.at["D1_pre", "method"] == "none" and np.isnan(table.at["D1_pre", "contamination"])
+    assert table.at["D1_pre", "method"] == "cells" and np.isnan(table.at["D1_pre", "contamination"])
     assert "no raw_path" in table.at["D1_pre", "note"]
+    none = settings._replace(method="none")
+    row, soup = ambient.sample_ambient(soupy.samples["D1_pre"], None, soupy.samples["D1_pre"].obs_names, "D1_pre", none)
+    assert row.at[0, "method"] == "none" and soup.empty
 
 
 def test_the_contamination_figure_draws_estimates_and_says_when_there_are_none(tmp_path):

@@ -111,6 +111,7 @@ def project_path(path):
 
 
 config["annotation"]["marker_table"] = project_path(config["annotation"]["marker_table"])
+config["ambient"]["gene_families"] = project_path(config["ambient"]["gene_families"])
 config["annotation"]["consistency_checks"] = project_path(config["annotation"]["consistency_checks"])
 config["annotation"]["overrides"] = project_path(config["annotation"]["overrides"])
 config["enrichment"]["gmt"] = [project_path(path) for path in config["enrichment"]["gmt"]]
@@ -136,7 +137,7 @@ def sample_input_files(wildcards):
     any of them reruns its QC."""
     row = sample_row(wildcards)
     paths = [row["resolved_path"]]
-    if row["resolved_raw_path"] and config["ambient"]["method"] != "none":
+    if row["resolved_raw_path"] and config["ambient"]["method"] in ("auto", "raw_droplets"):
         paths.append(row["resolved_raw_path"])
     files = []
     for path in paths:

@@ -11,7 +11,7 @@ checkpoint pseudobulk_cells:
         h5ad="results/merged/clustered.h5ad",
         cells="results/annotation/cells.tsv.gz",
         ambient="results/qc/ambient.tsv",
-        soups=expand("results/qc/{sample}.soup.tsv.gz", sample=SAMPLES),
+        soups="results/qc/soups.tsv.gz",
     output:
         h5ad="results/de/pseudobulk/pseudobulk.h5ad",
         populations="results/de/pseudobulk/populations.tsv",

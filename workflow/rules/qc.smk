@@ -47,16 +47,8 @@ rule aggregate_qc:
     input:
         cells=expand("results/qc/{sample}.cells.tsv.gz", sample=SAMPLES),
         summaries=expand("results/qc/{sample}.summary.tsv", sample=SAMPLES),
-        ambient=expand("results/qc/{sample}.ambient.tsv", sample=SAMPLES),
     output:
         cells="results/qc/cells.tsv.gz",
-        ambient=report(
-            "results/qc/ambient.tsv",
-            caption="../report/qc_ambient.rst",
-            category="1. Quality control",
-            subcategory="Cohort",
-            labels={"type": "table", "result": "ambient RNA"},
-        ),
         summary=report(
             "results/qc/summary.tsv",
             caption="../report/qc_summary_table.rst",
@@ -72,14 +64,6 @@ rule aggregate_qc:
             labels={"type": "figure", "result": "cells kept and removed"},
         ),
         pdf="results/figures/qc/summary.pdf",
-        ambient_png=report(
-            "results/figures/qc/ambient.png",
-            caption="../report/qc_ambient_figure.rst",
-            category="1. Quality control",
-            subcategory="Cohort",
-            labels={"type": "figure", "result": "ambient RNA"},
-        ),
-        ambient_pdf="results/figures/qc/ambient.pdf",
     log:
         "logs/aggregate_qc.log",
     conda:
@@ -129,3 +113,53 @@ rule check_qc_bias:
         settings=SETTINGS.qc_bias,
     script:
         "../scripts/check_qc_bias.py"
+
+
+# Ambient RNA of every sample (results/qc/ambient.tsv): rows from the empty droplets are written
+# by QC; samples without a raw matrix are estimated here, once their cells are annotated, from
+# gene families their populations cannot make (pbmc_prepost.ambient_cells).
+rule estimate_ambient:
+    input:
+        ambient=expand("results/qc/{sample}.ambient.tsv", sample=SAMPLES),
+        soups=expand("results/qc/{sample}.soup.tsv.gz", sample=SAMPLES),
+        h5ad="results/merged/clustered.h5ad",
+        labels="results/annotation/cells.tsv.gz",
+        qc_cells="results/qc/cells.tsv.gz",
+        families=config["ambient"]["gene_families"],
+    output:
+        ambient=report(
+            "results/qc/ambient.tsv",
+            caption="../report/qc_ambient.rst",
+            category="1. Quality control",
+            subcategory="Cohort",
+            labels={"type": "table", "result": "ambient RNA"},
+        ),
+        by_population=report(
+            "results/qc/ambient_by_population.tsv",
+            caption="../report/qc_ambient_by_population.rst",
+            category="1. Quality control",
+            subcategory="Cohort",
+            labels={"type": "table", "result": "ambient RNA by population"},
+        ),
+        soups="results/qc/soups.tsv.gz",
+        png=report(
+            "results/figures/qc/ambient.png",
+            caption="../report/qc_ambient_figure.rst",
+            category="1. Quality control",
+            subcategory="Cohort",
+            labels={"type": "figure", "result": "ambient RNA"},
+        ),
+        pdf="results/figures/qc/ambient.pdf",
+    log:
+        "logs/estimate_ambient.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=scaled(1000, per_input_mb=0.2),
+        runtime=runtime_min(10),
+    params:
+        settings=SETTINGS.ambient,
+        study=SETTINGS.study,
+    script:
+        "../scripts/estimate_ambient.py"

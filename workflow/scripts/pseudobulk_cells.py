@@ -13,7 +13,7 @@ attach_cell_labels(adata, smk.input.cells, ["cell_type", "lineage"])
 pb = pseudobulk.pseudobulk_for_contrast(adata, settings, batch_col="batch")
 # The soup's expected counts in every pseudobulk, for the DE tables' ambient columns.
 contamination = read_tsv(smk.input.ambient).set_index("sample")["contamination"]
-soups = ambient.read_soups(smk.input.soups)
+soups = ambient.read_soups_table(smk.input.soups)
 if soups:
     pb.layers["ambient"] = ambient.expected_soup_counts(pb, contamination, soups)
     if smk.params.ambient.correct:

@@ -25,7 +25,7 @@ write_tsv(pd.DataFrame([result.summary]), smk.output.summary)
 # The soup, from the raw matrix's empty droplets when the sheet gives one (results/qc/ambient.tsv).
 # Counts CellBender already corrected are not corrected twice (their row says so).
 corrected_by = AMBIENT_CORRECTED.get(smk.params.format)
-use_raw = smk.params.raw_path and smk.params.ambient.method != "none" and not corrected_by
+use_raw = smk.params.raw_path and smk.params.ambient.method in ("auto", "raw_droplets") and not corrected_by
 raw = io.read_counts(smk.params.raw_path, source=f"sample '{sample}' raw_path") if use_raw else None
 estimate, soup = ambient.sample_ambient(
     result.filtered, raw, counts.obs_names, sample, smk.params.ambient, corrected_by=corrected_by

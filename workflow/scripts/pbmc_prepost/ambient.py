@@ -207,7 +207,9 @@ def sample_ambient(
     cells
         The sample's cells that passed QC, raw counts in ``X``.
     raw
-        Its raw droplet matrix (every barcode), or None when the sheet gives none.
+        Its raw droplet matrix (every barcode), or None when the sheet gives none: then (and for
+        method ``cells``) the soup is the cells' pooled profile and the row's contamination is
+        left for :func:`pbmc_prepost.ambient_cells.complete_ambient`.
     called
         Barcodes of the filtered matrix (the cell calls: not empty droplets, whatever their size).
     sample
@@ -225,14 +227,19 @@ def sample_ambient(
         return pd.DataFrame([row | {"method": "corrected_upstream", "note": note}])[AMBIENT_COLUMNS], pd.DataFrame(
             columns=SOUP_COLUMNS
         )
-    if settings.method == "none" or raw is None:
-        note = (
-            "ambient.method none"
-            if settings.method == "none"
-            else "no raw_path in the sheet: not estimated (give Cell Ranger's raw_feature_bc_matrix)"
-        )
-        return pd.DataFrame([row | {"method": "none", "note": note}])[AMBIENT_COLUMNS], pd.DataFrame(
+    if settings.method == "none":
+        return pd.DataFrame([row | {"method": "none", "note": "ambient.method none"}])[AMBIENT_COLUMNS], pd.DataFrame(
             columns=SOUP_COLUMNS
+        )
+    if raw is None or settings.method == "cells":
+        # No empty droplets: the soup is the cells' pooled profile, its share is estimated once
+        # cells are annotated (pbmc_prepost.ambient_cells).
+        from pbmc_prepost.ambient_cells import pooled_profile
+
+        profile = pooled_profile(cells.X, cells.var_names.to_numpy(), settings.marker_pattern)
+        note = "soup from the sample's cells (no raw_path): contamination estimated from the annotated populations"
+        return pd.DataFrame([row | {"method": "cells", "note": note}])[AMBIENT_COLUMNS], pd.DataFrame(
+            {"gene": cells.var_names.astype(str), "soup_share": profile}
         )
     genes = raw.var_names.intersection(cells.var_names)
     soup = soup_from_droplets(raw[:, genes].X, raw.obs_names.isin(called), settings.empty_max_umis)
@@ -310,6 +317,24 @@ def read_soups(paths: list[str]) -> dict[str, pd.Series]:
         if len(soup):
             soups[Path(path).name.removesuffix(".soup.tsv.gz")] = soup.set_index("gene")["soup_share"]
     return soups
+
+
+def soups_table(soups: dict[str, pd.Series]) -> pd.DataFrame:
+    """``results/qc/soups.tsv.gz``: one column per sample with a soup (the share of each gene; 0
+    where a sample did not measure the gene), genes in the first sample's order."""
+    if not soups:
+        return pd.DataFrame(columns=["gene"])
+    wide = pd.concat(soups, axis=1, sort=False).fillna(0.0)
+    wide.index.name = "gene"
+    return wide.reset_index()
+
+
+def read_soups_table(path: str | Path) -> dict[str, pd.Series]:
+    """Sample -> soup share per gene, from :func:`soups_table`'s file."""
+    from pbmc_prepost.tables import read_tsv
+
+    wide = read_tsv(path, keep_default_na=False).set_index("gene")
+    return {str(sample): wide[sample] for sample in wide.columns}
 
 
 def expected_soup_counts(pb: ad.AnnData, contamination: pd.Series, soups: dict[str, pd.Series]) -> np.ndarray:

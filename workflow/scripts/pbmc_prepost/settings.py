@@ -85,11 +85,18 @@ class AmbientSettings(NamedTuple):
     marker_pattern: str
     empty_max_umis: int
     correct: bool
+    gene_families: str = "resources/markers/ambient_genes.tsv"
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> AmbientSettings:
         section = config["ambient"]
-        return cls(section["method"], section["marker_pattern"], section["empty_max_umis"], section["correct"])
+        return cls(
+            section["method"],
+            section["marker_pattern"],
+            section["empty_max_umis"],
+            section["correct"],
+            section["gene_families"],
+        )
 
 
 class MergeSettings(NamedTuple):
