@@ -92,7 +92,16 @@ def test_a_cellbender_sample_is_read_as_its_cells_and_not_corrected_again(null_r
     table = pd.read_csv(workdir / "results" / "qc" / "ambient.tsv", sep="\t", keep_default_na=False)
     row = table.set_index("sample").loc[CELLBENDER_SAMPLE]
     assert row["method"] == "corrected_upstream" and "CellBender" in row["note"]
-    assert set(table["method"].drop(table.index[table["sample"] == CELLBENDER_SAMPLE])) == {"none"}
+    # The other samples have no raw matrix: their soup is estimated from their cells. On these
+    # samples of ~250 cells it errs by up to 1.8 points (mostly upward; the example's ~700-cell
+    # samples stay within 1, tests/test_workflow_example.py), so 2 points here.
+    others = table[table["sample"] != CELLBENDER_SAMPLE].set_index("sample")
+    assert set(others["method"]) == {"cells"}
+    cells = pd.read_csv(workdir / "results" / "qc" / "cells.tsv.gz", sep="\t", dtype={"barcode": str})
+    planted = pd.read_csv(workdir / "data" / "truth" / "cells.tsv.gz", sep="\t", dtype={"barcode": str})
+    kept = cells[cells["qc_pass"]].merge(planted, on=["sample", "barcode"])
+    error = others["contamination"].astype(float) - kept.groupby("sample")["ambient_fraction"].mean()
+    assert error.abs().max() < 0.02 and error.abs().median() < 0.01, error
 
 
 def test_every_contrast_has_its_own_outputs(null_run):
