@@ -97,6 +97,13 @@ def expressing_cells(
     return counts > stats.poisson.ppf(1 - alpha, expected)
 
 
+def poisson_interval(observed: float, expected_per_rho: float) -> tuple[float, float]:
+    """Exact (Garwood) 95 % bounds of a Poisson count, per unit of ``expected_per_rho``."""
+    lower = stats.chi2.ppf(0.025, 2 * observed) / 2 if observed else 0.0
+    upper = stats.chi2.ppf(0.975, 2 * (observed + 1)) / 2
+    return lower / expected_per_rho, upper / expected_per_rho
+
+
 def contamination_fraction(
     cells: sp.spmatrix,
     genes: np.ndarray,
@@ -158,12 +165,11 @@ def contamination_fraction(
     # Both counts are Poisson: the genes' counts in the cells (exact Garwood bounds) and in the
     # soup's droplets (a log-normal factor on the soup share), combined conservatively.
     soup_factor = np.exp(1.96 / np.sqrt(max(share * soup.umis, 1)))
-    lower = stats.chi2.ppf(0.025, 2 * observed) / 2 if observed else 0.0
-    upper = stats.chi2.ppf(0.975, 2 * (observed + 1)) / 2
+    lower, upper = poisson_interval(observed, expected_per_rho)
     return AmbientEstimate(
         observed / expected_per_rho,
-        lower / expected_per_rho / soup_factor,
-        upper / expected_per_rho * soup_factor,
+        lower / soup_factor,
+        upper * soup_factor,
         names,
         observed,
         int(used.sum()),

@@ -29,7 +29,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import stats
 
-from pbmc_prepost.ambient import expressing_cells
+from pbmc_prepost.ambient import expressing_cells, poisson_interval
 
 log = logging.getLogger(__name__)
 
@@ -145,13 +145,6 @@ def _consistent_genes(
         else:
             keep.append(gene)
     return keep
-
-
-def _poisson_interval(observed: float, expected_per_rho: float) -> tuple[float, float]:
-    """Exact (Garwood) 95 % bounds of a Poisson count, per unit of ``expected_per_rho``."""
-    lower = stats.chi2.ppf(0.025, 2 * observed) / 2 if observed else 0.0
-    upper = stats.chi2.ppf(0.975, 2 * (observed + 1)) / 2
-    return lower / expected_per_rho, upper / expected_per_rho
 
 
 #: Columns of ``results/qc/ambient_by_population.tsv``.
@@ -325,7 +318,7 @@ def estimate_from_cells(
         nan = np.full(len(profile), np.nan)
         return CellsEstimate(np.nan, np.nan, np.nan, soup_only_share, (), 0, 0, 0, nan), table
     composition_part = observed / expected
-    lower, upper = _poisson_interval(observed, expected)
+    lower, upper = poisson_interval(observed, expected)
     rho = composition_part + soup_only_share
     # The soup: the cells' composition at the estimated share, and the soup-only genes as measured.
     mixed = np.where(soup_only, profile.to_numpy(), composition_part * rest.to_numpy())
