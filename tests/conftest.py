@@ -194,7 +194,9 @@ def apt_install(*packages: str) -> None:
 def absolute_sheet(sheet: Path, base: Path, out: Path) -> Path:
     """Copy a sample sheet with its relative paths made absolute against ``base``."""
     table = pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False)
-    table["path"] = [str((base / p).resolve()) for p in table["path"]]
+    for column in ("path", "raw_path"):
+        if column in table:
+            table[column] = [str((base / p).resolve()) if p else "" for p in table[column]]
     table.to_csv(out, sep="\t", index=False)
     return out
 

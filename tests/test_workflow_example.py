@@ -232,7 +232,7 @@ def test_paired_pseudobulk_de_finds_il7_pharmacodynamics_and_monocyte_shift(exam
             "ambient_change_share",
             "ambient_flag",
         ]
-        # No raw droplets: the soup is estimated from the cells, so every gene has its share.
+        # Every sample has a soup (its empty droplets, or its cells), so every gene has its share.
         assert table["ambient_share"].between(0, 1).all()
         assert table.loc["IL7R", "log2FoldChange"] < 0 and table.loc["IL7R", "padj"] < 0.05, group
         for gene in ("BCL2", "CISH"):
@@ -311,13 +311,19 @@ def test_enrichment_confirms_il7_pharmacology_and_the_monocyte_shift_only(exampl
         assert (example_run / "results" / "figures" / f"{name}.png").stat().st_size > 5000, name
 
 
-def test_ambient_rna_is_estimated_from_the_cells_and_flags_what_only_the_soup_moves(example_run, example_truth):
-    """Issue 14's must-shows on the example, which has no raw droplets (method cells)."""
+def test_ambient_rna_is_estimated_with_and_without_raw_droplets_and_flags_what_only_the_soup_moves(
+    example_run, example_truth
+):
+    """Issue 14's must-shows on the example: donors D1 and D2 come with raw droplets (method
+    raw_droplets), D3-D5 without (method cells, the soup from the annotated cells)."""
     qc = pd.read_csv(example_run / "results" / "qc" / "cells.tsv.gz", sep="\t", dtype={"barcode": str})
     kept = qc[qc["qc_pass"]].merge(example_truth, on=["sample", "barcode"])
     planted = kept.groupby("sample")["ambient_fraction"].mean()
     ambient = pd.read_csv(example_run / "results" / "qc" / "ambient.tsv", sep="\t").set_index("sample")
-    assert (ambient["method"] == "cells").all()
+    with_raw = ambient.index.str.match(r"D[12]_")
+    assert (ambient.loc[with_raw, "method"] == "raw_droplets").all() and with_raw.sum() == 4
+    assert (ambient.loc[with_raw, "empty_droplets"] > 1000).all()
+    assert (ambient.loc[~with_raw, "method"] == "cells").all()
     error = (ambient["contamination"] - planted).abs()
     assert (error < 0.01).all(), pd.DataFrame({"found": ambient["contamination"], "planted": planted})
     by_population = pd.read_csv(example_run / "results" / "qc" / "ambient_by_population.tsv", sep="\t")

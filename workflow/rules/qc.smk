@@ -152,6 +152,8 @@ rule estimate_ambient:
         pdf="results/figures/qc/ambient.pdf",
     log:
         "logs/estimate_ambient.log",
+    benchmark:
+        "benchmarks/estimate_ambient.tsv"
     conda:
         ENV
     threads: 1

@@ -114,6 +114,10 @@ class SimulationParams:
     # Empty droplets per sample (0: none): droplets that caught only soup, 5-100 UMIs drawn from the
     # sample's soup, written with the cells as a raw matrix (Cell Ranger's raw_feature_bc_matrix).
     empty_droplets: int = 0
+    # Donors whose samples get the raw matrix (empty: every donor), and whether it holds only the
+    # empty droplets (the embedded example, to stay small) instead of every droplet as Cell Ranger's.
+    raw_donors: tuple[str, ...] = ()
+    raw_empty_only: bool = False
     # Mean ambient fraction of named samples, e.g. {"D2_post": 0.08}: more soup in some samples.
     ambient_by_sample: dict = field(default_factory=dict)
 
@@ -496,7 +500,7 @@ def simulate(params: SimulationParams | None = None) -> SimulatedData:
             var = pd.DataFrame({"gene_ids": genes["ensembl_id"].to_numpy()}, index=pd.Index(symbols))
             adata = ad.AnnData(X=sp.csr_matrix(counts[order]), obs=obs, var=var)
             samples[sample] = adata
-            if params.empty_droplets:
+            if params.empty_droplets and (not params.raw_donors or donor in params.raw_donors):
                 empty[sample] = _empty_droplets(soup, var, params, [params.seed, 3, d, t])
             sample_rows.append(
                 {

@@ -34,7 +34,8 @@ _TRIAL = SimulationParams(
 
 PRESETS = {
     # resources/example (make example): 5 donors x pre/post, about 7,000 barcodes.
-    "example": SimulationParams(),
+    # Donors D1 and D2 with raw droplets (only the empty ones, to stay small), D3-D5 without.
+    "example": SimulationParams(empty_droplets=1500, raw_donors=("D1", "D2"), raw_empty_only=True),
     "null": SimulationParams(treatment_effect=False),
     # Whole-workflow tests: a null cohort of its own seed, and a 3-donor cohort for SLURM.
     "small": _SMALL,
@@ -50,6 +51,17 @@ PRESETS = {
     "mito_batches": replace(_SMALL, mito_by_batch=(0.055, 0.069), seed=20261204),
     "qc_artefact": replace(
         _SMALL, mito_artefact={"lineage": "CD14 mono", "timepoint": "post", "factor": 3.0}, seed=20261205
+    ),
+    # Ambient RNA that rises after treatment (tests/test_ambient_de.py): 4 % of a cell's UMIs before,
+    # 12 % after (sicker or slower-processed samples), with empty droplets: without the correction,
+    # genes that move only through the soup reach padj < 0.05 in several populations.
+    "soup_rise": replace(
+        _SMALL,
+        n_donors=6,
+        ambient_fraction=0.04,
+        ambient_by_sample={f"D{d}_post": 0.12 for d in range(1, 7)},
+        empty_droplets=1000,
+        seed=20261210,
     ),
     # Trial designs (tests/test_workflow_trial.py; config/examples/placebo_controlled.yaml).
     "trial": _TRIAL,

@@ -244,12 +244,14 @@ def write_dataset(
             path = Path(path).relative_to(Path(relative_to).resolve())
         donor, timepoint = sample.rsplit("_", 1)
         raw = {}
-        if data.empty:
-            # Cell Ranger's raw matrix: every droplet, the cells' and the empty ones.
-            cells = ad.AnnData(X=adata.X, obs=pd.DataFrame(index=adata.obs_names), var=adata.var)
-            raw_path = write_10x_h5(
-                ad.concat([cells, data.empty[sample]], merge="first"), outdir / f"{sample}_raw_feature_bc_matrix.h5"
-            ).resolve()
+        if sample in data.empty:
+            # Cell Ranger's raw matrix: every droplet, the cells' and the empty ones (or, to keep
+            # the embedded example small, the empty ones only: all the workflow reads of it).
+            droplets = data.empty[sample]
+            if not data.truth["params"].get("raw_empty_only"):
+                cells = ad.AnnData(X=adata.X, obs=pd.DataFrame(index=adata.obs_names), var=adata.var)
+                droplets = ad.concat([cells, droplets], merge="first")
+            raw_path = write_10x_h5(droplets, outdir / f"{sample}_raw_feature_bc_matrix.h5").resolve()
             raw = {"raw_path": str(raw_path.relative_to(Path(relative_to).resolve()) if relative_to else raw_path)}
         rows.append(
             {
