@@ -96,6 +96,48 @@ def test_equal_removal_rates_give_no_call_across_many_null_cohorts():
     assert sum(calls) <= 5, sum(calls)
 
 
+INTERACTION = Contrast("timepoint", "pre", "post", "donor", "il7_vs_placebo", "arm", "IL7", "placebo")
+WITHIN_IL7 = Contrast("timepoint", "pre", "post", "donor", "within_il7", "arm", "IL7")
+
+
+def two_arm_cohort(mono_post_il7: float, mono_post_placebo: float, seed: int = 0) -> pd.DataFrame:
+    """Donors D0-D7 on IL-7, D8-D15 on placebo; CD14 monocytes removed at 8 % before and at the
+    given rates after treatment, every other population at 8 %."""
+    rates = {(p, t): 0.08 for p in ("CD4 T", "CD14 mono", "NK") for t in ("pre", "post")}
+    frames = []
+    for arm, post, offset in (("IL7", mono_post_il7, 0), ("placebo", mono_post_placebo, 8)):
+        table = removal_cohort(rates | {("CD14 mono", "post"): post}, n_donors=8, seed=seed + offset)
+        rename = {f"D{d}": f"D{d + offset}" for d in range(8)}
+        table["donor"] = table["donor"].map(rename)
+        table["sample"] = table["donor"] + "_" + table["timepoint"]
+        frames.append(table.assign(arm=arm))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_a_removal_change_shared_by_both_arms_is_noted_within_arms_but_not_against_placebo():
+    """Handling that lost monocytes after treatment in both arms alike biases each arm's change,
+    not the difference of changes; a loss only under IL-7 biases the difference too."""
+    tests = qc_bias.removal_tests(two_arm_cohort(0.25, 0.25), [INTERACTION, WITHIN_IL7], 3, 0.05, 0.1)
+    differs = tests[tests["differs"]]
+    assert list(zip(differs["contrast"], differs["population"])) == [("within_il7", "CD14 mono")]
+    assert list(tests.columns[:6]) == [
+        "contrast",
+        "level",
+        "population",
+        "n_pairs",
+        "pct_removed_pre",
+        "pct_removed_post",
+    ]
+    mono = tests.set_index(["contrast", "population"]).loc[("il7_vs_placebo", "CD14 mono")]
+    assert mono["n_pairs"] == 16 and abs(mono["share_change_from_qc"]) < 0.05
+    only_il7 = qc_bias.removal_tests(two_arm_cohort(0.25, 0.08), [INTERACTION], 3, 0.05, 0.1)
+    mono = only_il7.set_index("population").loc["CD14 mono"]
+    assert bool(mono["differs"]) and mono["share_change_from_qc"] < -0.1 and "between arms" in mono["note"]
+    note = qc_bias.bias_notes(only_il7, INTERACTION)["lineage"]["CD14 mono"]
+    assert "differs between IL7 and placebo" in note and "difference of changes" in note
+    assert qc_bias.bias_notes(only_il7, WITHIN_IL7) == {}
+
+
 def test_too_few_pairs_and_unlabelled_barcodes_are_reported_not_tested():
     rates = {(p, t): 0.1 for p in ("CD4 T", "CD14 mono", "NK") for t in ("pre", "post")}
     table = removal_cohort(rates, n_donors=2)

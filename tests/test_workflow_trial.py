@@ -63,9 +63,9 @@ def test_every_contrast_ran_on_its_donors_and_says_so(trial_run):
 def test_interaction_finds_the_il7_genes_and_not_the_disease_course(accuracy):
     t_cells = accuracy.loc["il7_vs_placebo"].loc[["CD4 T", "CD8 T"]]
     # Calls in CD4 and CD8 T that IL-7 planted (its genes, and the cycle genes of the T cells it
-    # drives into cycle). Measured on this cohort: 24 of 27 (CD4 T 18 of 19, CD8 T 6 of 8).
-    true_calls = (t_cells["precision"] * t_cells["n_called"]).sum()
-    assert true_calls / t_cells["n_called"].sum() >= 0.85, t_cells[["n_called", "precision", "false_calls"]]
+    # drives into cycle), precision >= 0.9 in each. Measured on this cohort at 0.10.0: 29 of 29
+    # (CD4 T 22, CD8 T 7); at 0.8.0, before the simulator's lineage-exclusive genes, 24 of 27.
+    assert (t_cells["precision"] >= 0.9).all(), t_cells[["n_called", "precision", "false_calls"]]
     assert (t_cells["core_recall"] >= 0.5).all(), t_cells[["core_recall", "recall"]]
     interaction = accuracy.loc["il7_vs_placebo"]
     assert (interaction["course_only_called"].fillna(0) <= 0.05).all(), interaction["course_only_called"]

@@ -12,8 +12,9 @@ log = start_job(smk.log[0])
 cells = read_tsv(smk.input.cells, dtype={"barcode": str}, usecols=["sample", *composition.LEVELS])
 clusters = read_tsv(smk.input.clusters, dtype=str, keep_default_na=False)
 notes = {level: population_notes(clusters, level) for level in composition.LEVELS}
-qc_notes = qc_bias.bias_notes(read_tsv(smk.input.qc_bias), settings.study.contrast)
-proportions, tests = composition.composition_tables(cells, settings, notes, qc_notes)
+qc_test = read_tsv(smk.input.qc_bias)
+qc_notes = {contrast.name: qc_bias.bias_notes(qc_test, contrast) for contrast in settings.study.contrasts}
+proportions, tests = composition.composition_tables(cells, settings, notes, contrast_notes=qc_notes)
 write_tsv(proportions, smk.output.proportions, FLOAT_FORMAT)
 write_tsv(tests, smk.output.test, FLOAT_FORMAT)
 contrasts = settings.study.contrasts

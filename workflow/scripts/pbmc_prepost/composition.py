@@ -429,7 +429,10 @@ LEVELS = ("lineage", "cell_type")
 
 
 def composition_tables(
-    cells: pd.DataFrame, settings: CompositionSettings, *population_notes: dict[str, dict[str, str]]
+    cells: pd.DataFrame,
+    settings: CompositionSettings,
+    *population_notes: dict[str, dict[str, str]],
+    contrast_notes: dict[str, dict[str, dict[str, str]]] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Proportions and the tests of every contrast at every level of :data:`LEVELS`.
 
@@ -442,7 +445,10 @@ def composition_tables(
     population_notes
         Level -> population -> note, appended to the population's ``note``: a flagged annotation
         (:func:`pbmc_prepost.annotation_checks.population_notes`), a QC removal rate that differs
-        between the levels (:func:`pbmc_prepost.qc_bias.bias_notes`).
+        between the levels (:func:`pbmc_prepost.qc_bias.bias_notes`), for every contrast.
+    contrast_notes
+        Contrast name -> level -> population -> note, for that contrast's rows only (the QC
+        removal test of each contrast).
 
     Returns
     -------
@@ -458,7 +464,7 @@ def composition_tables(
         props = cell_counts(cells, level, meta, study.contrast)
         for contrast in study.contrasts:
             test = contrast_composition_test(props, contrast, meta, settings.transform, settings.min_pairs)
-            for notes in population_notes:
+            for notes in [*population_notes, (contrast_notes or {}).get(contrast.name, {})]:
                 extra = notes.get(level, {})
                 test["note"] = [
                     f"{note}; {extra[p]}" if p in extra else note for p, note in zip(test["population"], test["note"])

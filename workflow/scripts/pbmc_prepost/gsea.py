@@ -25,10 +25,9 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from pbmc_prepost import arms
 from pbmc_prepost.ambient import ambient_note
-from pbmc_prepost.design import Contrast
 from pbmc_prepost.genesets import GeneSetLibrary
+from pbmc_prepost.set_calls import DONOR_SET_COLUMNS, confirm_calls, paired_set_test
 from pbmc_prepost.settings import EnrichmentSettings
 
 log = logging.getLogger(__name__)
@@ -334,109 +333,6 @@ def ora_all_populations(
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
-DONOR_SET_COLUMNS = ["gene_set", "n_pairs", "n_genes", "donor_shift", "donor_t", "donor_pvalue", "donor_fdr"]
-
-
-def paired_set_test(
-    pb_group: ad.AnnData, tested_genes: Sequence[str], library: GeneSetLibrary, contrast: Contrast, min_size: int
-) -> pd.DataFrame:
-    """Donor-level competitive test of every set in one population's pseudobulks.
-
-    Gene-permutation GSEA treats genes as independent, so a set whose genes move together from
-    sample to sample (handling stress, interferon tone, a few cycling cells) looks enriched even
-    when only a handful of donors happened to shift the same way (Wu & Smyth 2012). Here the donor
-    is the unit: per donor with both samples, the set's mean log2-CPM change minus that of all
-    other tested genes (competitive, so global shifts cancel) is one observation, and a one-sample
-    t-test across donors asks whether the set moved. Inter-gene correlation cannot inflate it.
-
-    Parameters
-    ----------
-    pb_group
-        Pseudobulks of one population (raw summed counts in ``X``; obs with the contrast and
-        pairing columns).
-    tested_genes
-        Genes tested by the DE of this population (the ranked universe of the GSEA).
-    library
-        Gene sets.
-    contrast
-        Levels and pairing column.
-    min_size
-        Sets with fewer tested members get NaN statistics.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns :data:`DONOR_SET_COLUMNS`; ``donor_shift`` in log2 units (treated minus
-        reference); ``donor_fdr`` is Benjamini-Hochberg across the tested sets of the population
-        within the set's category (positive controls, hypotheses, context, artefact controls).
-    """
-    X = pb_group.X.toarray() if hasattr(pb_group.X, "toarray") else np.asarray(pb_group.X, dtype=float)
-    library_size = np.maximum(X.sum(axis=1), 1.0)
-    genes = [g for g in dict.fromkeys(tested_genes) if g in pb_group.var_names]
-    logcpm = pd.DataFrame(
-        np.log2(X[:, pb_group.var_names.get_indexer(genes)] / library_size[:, None] * 1e6 + 1.0),
-        index=pb_group.obs_names,
-        columns=genes,
-    )
-    obs = pb_group.obs
-    level = obs[contrast.column].astype(str)
-    donor = obs[contrast.pair_by].astype(str) if contrast.pair_by in obs else pd.Series("", index=obs.index)
-    post = logcpm[(level == contrast.treated).to_numpy()].groupby(donor[level == contrast.treated].to_numpy()).mean()
-    pre = logcpm[(level == contrast.reference).to_numpy()].groupby(donor[level == contrast.reference].to_numpy()).mean()
-    donors = sorted(set(post.index) & set(pre.index) - {""})
-    change = post.loc[donors] - pre.loc[donors]
-    arm_of = pd.Series(dtype=str)
-    if contrast.is_interaction:
-        arm_of = obs.groupby(donor.to_numpy())[contrast.arm_column].first().astype(str)
-    rows = []
-    for name, members in library.sets.items():
-        inside = [g for g in members if g in change.columns]
-        row = {
-            "gene_set": name,
-            "n_pairs": len(donors),
-            "n_genes": len(inside),
-            "donor_shift": np.nan,
-            "donor_t": np.nan,
-            "donor_pvalue": np.nan,
-        }
-        if len(inside) >= min_size and len(donors) >= 2:
-            outside = change.columns.difference(inside)
-            shift = change[inside].mean(axis=1) - change[outside].mean(axis=1)
-            if contrast.is_interaction:
-                # Difference of changes: the donors' shifts compared between the two arms.
-                shifts = pd.DataFrame({"arm": arm_of.reindex(shift.index).to_numpy(), "change": shift.to_numpy()})
-                result = arms.compare_changes(shifts.set_index(shift.index), contrast, 2)
-                row["donor_shift"], row["donor_t"] = result["difference"], result["t"]
-                row["donor_pvalue"] = result["pvalue"]
-            else:
-                row["donor_shift"] = float(shift.mean())
-                if shift.std(ddof=1) > 0:
-                    result = stats.ttest_1samp(shift.to_numpy(), 0.0)
-                    row["donor_t"], row["donor_pvalue"] = float(result.statistic), float(result.pvalue)
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    # Benjamini-Hochberg within each pre-specified family of the population: positive controls,
-    # hypotheses, context and artefact controls are different questions (pre-specified families, as in Heumos et al. 2023).
-    family = table["gene_set"].map(library.meta["category"]).fillna("user")
-    table["donor_fdr"] = np.nan
-    for _, members in table[table["donor_pvalue"].notna()].groupby(family[table["donor_pvalue"].notna()]):
-        table.loc[members.index, "donor_fdr"] = multipletests(members["donor_pvalue"], method="fdr_bh")[1]
-    return table[DONOR_SET_COLUMNS]
-
-
-def confirmed_call(gsea_fdr: float, nes: float, donor_fdr: float, donor_shift: float, alpha: float) -> str:
-    """'up'/'down' when GSEA and the donor-level test both reach ``alpha`` in the same direction."""
-    if not (gsea_fdr < alpha and donor_fdr < alpha):
-        return "ns"
-    if np.sign(nes) != np.sign(donor_shift):
-        return "discordant"
-    return "up" if nes > 0 else "down"
-
-
-#: The artefact control whose call every row of the same population carries.
-STRESS_SET = "QC_DISSOCIATION_EXVIVO_STRESS"
-
-
 def enrich_populations(
     tables: Mapping[str, pd.DataFrame],
     summary: pd.DataFrame,
@@ -503,7 +399,7 @@ def enrich_populations(
         else pd.DataFrame(columns=donor_columns)
     )
     gsea = gsea.merge(donor, on=["population", "gene_set"], how="left")
-    gsea["call"] = [confirmed_call(r.fdr, r.NES, r.donor_fdr, r.donor_shift, settings.alpha) for r in gsea.itertuples()]
+    gsea["call"] = "ns"  # confirm_calls decides, over every population and contrast of the run
     # Sets whose genes move mostly through the ambient RNA: noted, and never a confirmed call.
     flagged = {
         label: set(table.loc[table["ambient_flag"].astype(str).eq("True"), "gene"].astype(str))
@@ -513,12 +409,10 @@ def enrich_populations(
     gsea["ambient_note"] = [
         ambient_note(genes, flagged.get(label, set())) for genes, label in zip(gsea["leading_edge"], gsea["population"])
     ]
-    gsea.loc[gsea["ambient_note"] != "", "call"] = "ns"
 
     pairs = summary[summary["status"] == "tested"].set_index("population")["n_pairs"]
     composition = composition[composition["level"] == settings.level].set_index("population")
     changed = composition["padj"] < settings.alpha
-    stress = gsea[gsea["gene_set"] == STRESS_SET].set_index("population")
 
     def guards(frame: pd.DataFrame) -> pd.DataFrame:
         frame.insert(1, "n_pairs", frame["population"].map(pairs).astype("Int64"))
@@ -533,9 +427,7 @@ def enrich_populations(
             else ""
             for c in frame["population"]
         ]
-        frame["stress_control"] = (
-            frame["population"].map(stress["call"]).fillna("not tested") if len(stress) else "not tested"
-        )
+        frame["stress_control"] = "not tested"  # confirm_calls fills it, once every contrast is in
         frame["annotation_note"] = frame["population"].map(annotation_notes or {}).fillna("")
         return frame
 
@@ -587,4 +479,4 @@ def enrich_contrasts(
             frame.insert(0, "contrast", contrast.name)
             collected.append(frame)
     gsea, ora = (pd.concat(frames, ignore_index=True) for frames in results)
-    return gsea, ora
+    return confirm_calls(gsea, ora, library, settings.alpha)

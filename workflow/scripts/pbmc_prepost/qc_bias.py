@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 
 import anndata as ad
 import numpy as np
@@ -19,6 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 from statsmodels.stats.multitest import multipletests
 
+from pbmc_prepost import arms
 from pbmc_prepost.composition import paired_pvalue, transform_proportions
 from pbmc_prepost.design import Contrast
 from pbmc_prepost.pseudobulk import group_indicator
@@ -73,7 +75,9 @@ def label_removed_cells(
     return labels
 
 
-def removal_table(barcodes: pd.DataFrame, sample_meta: pd.DataFrame, contrast: Contrast) -> pd.DataFrame:
+def removal_table(
+    barcodes: pd.DataFrame, sample_meta: pd.DataFrame, contrast: Contrast, arm_column: str | None = None
+) -> pd.DataFrame:
     """Cells before QC and cells removed by each filter, per sample and population, at each level.
 
     Parameters
@@ -83,6 +87,8 @@ def removal_table(barcodes: pd.DataFrame, sample_meta: pd.DataFrame, contrast: C
         and one label column per :data:`LEVELS`.
     sample_meta
         Per sample (index): the contrast and pairing columns.
+    arm_column
+        The design's arm column (two-arm designs), carried for the contrasts that name arms.
 
     Returns
     -------
@@ -108,8 +114,8 @@ def removal_table(barcodes: pd.DataFrame, sample_meta: pd.DataFrame, contrast: C
         table.insert(0, "level", level)
         frames.append(table)
     table = pd.concat(frames, ignore_index=True)
-    for column in (contrast.column, contrast.pair_by):
-        if column in sample_meta:
+    for column in (contrast.column, contrast.pair_by, arm_column or contrast.arm_column):
+        if column and column in sample_meta and column not in table:
             table.insert(2, column, table["sample"].map(sample_meta[column]).astype(str))
     counts = [c for c in table.columns if c == "removed" or c.startswith("removed_") or c == "cells_before_qc"]
     table[counts] = table[counts].astype(np.int64)
@@ -143,7 +149,7 @@ def removal_test(
     ref, trt, pair_by = contrast.reference, contrast.treated, contrast.pair_by
     rows = []
     for (level, population), group in table.groupby(["level", "population"], sort=True):
-        group = group[group[contrast.column].isin([ref, trt])]
+        group = group[contrast.sample_mask(group)]
         levels_per_donor = group.groupby(pair_by)[contrast.column].nunique()
         donors = set(levels_per_donor.index[levels_per_donor == 2])
         paired = group[group[pair_by].isin(donors)]
@@ -164,18 +170,20 @@ def removal_test(
             row["note"] = f"only {len(donors)} complete {pair_by} pair(s), fewer than min_pairs={min_pairs}: not tested"
         elif removed.sum() == 0:
             row["note"] = "QC removed no cell of this population"
+        elif contrast.is_interaction:
+            # Difference of changes: each donor's change in logit removal, compared between arms.
+            y = paired.assign(logit_removed=transform_proportions(removed, before, "logit"))
+            tested = arms.compare_changes(arms.donor_changes(y, contrast, "logit_removed"), contrast, min_pairs)
+            row["pvalue"], row["note"] = tested["pvalue"], tested["note"]
         else:
             y = transform_proportions(removed, before, "logit")
             row["pvalue"], row["note"] = paired_pvalue(y, paired[pair_by].to_numpy(), is_trt)
+        row["share_change_from_qc"] = _share_change(paired, contrast, is_trt)
         rows.append(row)
     result = pd.DataFrame(rows)
     result["padj"] = np.nan
     for _, members in result[result["pvalue"].notna()].groupby("level"):
         result.loc[members.index, "padj"] = multipletests(members["pvalue"], method="fdr_bh")[1]
-    kept_ref = 1 - result[f"pct_removed_{ref}"] / 100
-    result["share_change_from_qc"] = (
-        (1 - result[f"pct_removed_{trt}"] / 100) / kept_ref.where(kept_ref > 0) - 1
-    ).round(4)
     result["differs"] = (result["padj"] < alpha) & (result["share_change_from_qc"].abs() >= min_share_change)
     for row in result[result["differs"]].itertuples():
         log.warning(
@@ -193,6 +201,39 @@ def removal_test(
     return result[[*columns, "differs", "note"]]
 
 
+def _share_change(paired: pd.DataFrame, contrast: Contrast, is_trt: np.ndarray) -> float:
+    """How much QC alone moves the population's kept count between the levels,
+    ``(1 - removed_treated) / (1 - removed_reference) - 1``; for a difference of changes, that of
+    ``arm`` minus that of ``versus_arm``."""
+
+    def change(rows: np.ndarray) -> float:
+        before, removed = paired["cells_before_qc"].to_numpy(float), paired["removed"].to_numpy(float)
+        kept_ref = 1 - removed[rows & ~is_trt].sum() / max(before[rows & ~is_trt].sum(), 1)
+        kept_trt = 1 - removed[rows & is_trt].sum() / max(before[rows & is_trt].sum(), 1)
+        return kept_trt / kept_ref - 1 if kept_ref > 0 else math.nan
+
+    everyone = np.ones(len(paired), bool)
+    if not contrast.is_interaction:
+        return round(change(everyone), 4)
+    arm = paired[contrast.arm_column].astype(str).to_numpy()
+    return round(change(arm == contrast.arm) - change(arm == contrast.versus_arm), 4)
+
+
+def removal_tests(
+    table: pd.DataFrame, contrasts: Sequence[Contrast], min_pairs: int, alpha: float, min_share_change: float
+) -> pd.DataFrame:
+    """:func:`removal_test` of every contrast, ``contrast`` first; the ``pct_removed_<level>``
+    columns of all the contrasts' levels (a row fills its own two)."""
+    frames = [
+        removal_test(table, contrast, min_pairs, alpha, min_share_change).assign(contrast=contrast.name)
+        for contrast in contrasts
+    ]
+    test = pd.concat(frames, ignore_index=True)
+    pct = list(dict.fromkeys(c for frame in frames for c in frame.columns if c.startswith("pct_removed_")))
+    head = ["contrast", "level", "population", "n_pairs", *pct]
+    return test[[*head, *[c for c in test.columns if c not in head]]]
+
+
 def _pct(removed: np.ndarray, before: np.ndarray) -> float:
     return round(100 * float(removed.sum()) / float(before.sum()), 2) if before.sum() else math.nan
 
@@ -201,13 +242,22 @@ def bias_notes(test: pd.DataFrame, contrast: Contrast) -> dict[str, dict[str, st
     """Level -> population -> note for the composition table, where QC removal differs."""
     notes: dict[str, dict[str, str]] = {}
     ref, trt = contrast.reference, contrast.treated
+    if "contrast" in test:
+        test = test[test["contrast"] == contrast.name]
     differs = test["differs"].astype(str) == "True"  # as written, or read back from the table
     for row in test[differs].itertuples():
-        notes.setdefault(row.level, {})[row.population] = (
+        rates = (
             f"QC removed {getattr(row, f'pct_removed_{ref}'):.1f} % of these cells at '{ref}' and "
-            f"{getattr(row, f'pct_removed_{trt}'):.1f} % at '{trt}' (padj {row.padj:.2g}), which alone moves "
-            f"its share by {100 * row.share_change_from_qc:+.0f} %: part of the change may be the filter's "
-            "(results/qc/removal_test.tsv)"
+            f"{getattr(row, f'pct_removed_{trt}'):.1f} % at '{trt}' (padj {row.padj:.2g}"
+        )
+        if contrast.is_interaction:
+            rates += f"; its change differs between {contrast.arm} and {contrast.versus_arm}"
+            moved = "the difference of changes in its share"
+        else:
+            moved = "its share"
+        notes.setdefault(row.level, {})[row.population] = (
+            f"{rates}), which alone moves {moved} by {100 * row.share_change_from_qc:+.0f} %: part of the "
+            "change may be the filter's (results/qc/removal_test.tsv)"
         )
     return notes
 
@@ -269,10 +319,7 @@ def qc_bias_tables(
         ],
         ignore_index=True,
     )
-    contrast = settings.study.contrast
-    table = removal_table(barcodes, settings.study.sample_meta(), contrast)
-    return (
-        removed_labels,
-        table,
-        removal_test(table, contrast, settings.min_pairs, settings.fdr, settings.min_share_change),
-    )
+    study = settings.study
+    table = removal_table(barcodes, study.sample_meta(), study.contrast, study.design.arm)
+    test = removal_tests(table, study.contrasts, settings.min_pairs, settings.fdr, settings.min_share_change)
+    return removed_labels, table, test

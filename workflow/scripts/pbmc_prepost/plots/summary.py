@@ -10,8 +10,8 @@ import pandas as pd
 
 from pbmc_prepost.design import Contrast
 from pbmc_prepost.genesets import short_set_name
-from pbmc_prepost.gsea import STRESS_SET
 from pbmc_prepost.plots import palette, plt, save
+from pbmc_prepost.set_calls import STRESS_SET
 
 T_LINEAGES = ("CD4 T", "CD8 T", "other T")
 
