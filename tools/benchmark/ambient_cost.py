@@ -15,7 +15,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -23,34 +22,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run_benchmarks as harness
 
 
-def run_variant(sheet: Path, rundir: Path, cores: int, method: str) -> harness.Run:
-    """The whole workflow from scratch with ``ambient.method`` set to ``method``."""
-    harness.shutil.rmtree(rundir, ignore_errors=True)
-    rundir.mkdir(parents=True)
-    extra = rundir / "ambient.yaml"
-    extra.write_text(f"ambient:\n  method: {method}\n")
-    command = harness.snakemake_command(rundir, sheet, cores)
-    command[command.index("--config") : command.index("--config")] = ["--configfile", str(extra)]
-    run = harness.measure(command, rundir / "snakemake.log", rundir, harness.environment())
-    if run.returncode:
-        sys.exit(f"the run with ambient.method {method} failed, see {run.log}")
-    return run
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=100000, help="approximate barcodes")
-    parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--workdir", type=Path, default=harness.ROOT / ".benchmark-runs")
-    parser.add_argument("--no-warm-up", action="store_true", help="skip compiling numba code first")
-    args = parser.parse_args(argv)
+    args = harness.comparison_arguments(__doc__.splitlines()[0], argv)
     sheet = harness.simulate(args.size, args.workdir)
     if not args.no_warm_up:
         harness.warm_up(args.workdir, args.cores)
     runs = {}
     for method in ("none", "auto"):
         print(f"workflow with ambient.method {method} ...", flush=True)
-        runs[method] = run_variant(sheet, args.workdir / f"ambient_{method}_{args.size}", args.cores, method)
+        rundir = args.workdir / f"ambient_{method}_{args.size}"
+        runs[method] = harness.run_with_config(sheet, rundir, args.cores, {"ambient": {"method": method}})
     rules = {method: harness.rule_table(run.log.parent) for method, run in runs.items()}
     print(f"\n{harness.n_barcodes(sheet):,} barcodes, --cores {args.cores}, code {harness.code_version()}")
     for method, run in runs.items():

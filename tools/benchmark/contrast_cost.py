@@ -16,7 +16,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from datetime import datetime
@@ -52,19 +51,6 @@ def simulate_trial(size: int, workdir: Path) -> Path:
     return sheet
 
 
-def run_design(sheet: Path, rundir: Path, cores: int, design: dict) -> harness.Run:
-    harness.shutil.rmtree(rundir, ignore_errors=True)
-    rundir.mkdir(parents=True)
-    extra = rundir / "design.yaml"
-    extra.write_text(yaml.safe_dump(design, sort_keys=False))
-    command = harness.snakemake_command(rundir, sheet, cores)
-    command[command.index("--config") : command.index("--config")] = ["--configfile", str(extra)]
-    run = harness.measure(command, rundir / "snakemake.log", rundir, harness.environment())
-    if run.returncode:
-        sys.exit(f"the run of {rundir.name} failed, see {run.log}")
-    return run
-
-
 def de_seconds_per_contrast(rundir: Path) -> pd.Series:
     """Seconds each contrast's fits took, summed over the ``fit_de`` jobs: from the job's start
     (its benchmark file's end minus its seconds) to its first contrast's log line, then between
@@ -83,12 +69,7 @@ def de_seconds_per_contrast(rundir: Path) -> pd.Series:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=100000, help="approximate barcodes")
-    parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--workdir", type=Path, default=harness.ROOT / ".benchmark-runs")
-    parser.add_argument("--no-warm-up", action="store_true", help="skip compiling numba code first")
-    args = parser.parse_args(argv)
+    args = harness.comparison_arguments(__doc__.splitlines()[0], argv)
     sheet = simulate_trial(args.size, args.workdir)
     if not args.no_warm_up:
         harness.warm_up(args.workdir, args.cores)
@@ -97,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = {}
     for name, design in (("one", one), ("three", three)):
         print(f"workflow with {len(design['contrasts'])} contrast(s) ...", flush=True)
-        runs[name] = run_design(sheet, args.workdir / f"contrasts_{name}_{args.size}", args.cores, design)
+        runs[name] = harness.run_with_config(sheet, args.workdir / f"contrasts_{name}_{args.size}", args.cores, design)
     rules = {name: harness.rule_table(run.log.parent) for name, run in runs.items()}
     print(f"\n{harness.n_barcodes(sheet):,} barcodes, --cores {args.cores}, code {harness.code_version()}")
     for name, run in runs.items():
