@@ -20,10 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run_benchmarks as harness
+import variants
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = harness.comparison_arguments(__doc__.splitlines()[0], argv)
+    args = variants.comparison_arguments(__doc__.splitlines()[0], argv)
     sheet = harness.simulate(args.size, args.workdir)
     if not args.no_warm_up:
         harness.warm_up(args.workdir, args.cores)
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     for method in ("none", "auto"):
         print(f"workflow with ambient.method {method} ...", flush=True)
         rundir = args.workdir / f"ambient_{method}_{args.size}"
-        runs[method] = harness.run_with_config(sheet, rundir, args.cores, {"ambient": {"method": method}})
+        runs[method] = variants.run_with_config(sheet, rundir, args.cores, {"ambient": {"method": method}})
     rules = {method: harness.rule_table(run.log.parent) for method, run in runs.items()}
     print(f"\n{harness.n_barcodes(sheet):,} barcodes, --cores {args.cores}, code {harness.code_version()}")
     for method, run in runs.items():

@@ -26,6 +26,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run_benchmarks as harness
+import variants
 
 THREE = harness.ROOT / "config" / "examples" / "placebo_controlled.yaml"
 #: The rules whose work grows with the contrasts (one job each fits every contrast).
@@ -69,7 +70,7 @@ def de_seconds_per_contrast(rundir: Path) -> pd.Series:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = harness.comparison_arguments(__doc__.splitlines()[0], argv)
+    args = variants.comparison_arguments(__doc__.splitlines()[0], argv)
     sheet = simulate_trial(args.size, args.workdir)
     if not args.no_warm_up:
         harness.warm_up(args.workdir, args.cores)
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = {}
     for name, design in (("one", one), ("three", three)):
         print(f"workflow with {len(design['contrasts'])} contrast(s) ...", flush=True)
-        runs[name] = harness.run_with_config(sheet, args.workdir / f"contrasts_{name}_{args.size}", args.cores, design)
+        runs[name] = variants.run_with_config(sheet, args.workdir / f"contrasts_{name}_{args.size}", args.cores, design)
     rules = {name: harness.rule_table(run.log.parent) for name, run in runs.items()}
     print(f"\n{harness.n_barcodes(sheet):,} barcodes, --cores {args.cores}, code {harness.code_version()}")
     for name, run in runs.items():

@@ -222,34 +222,6 @@ def run_workflow(sheet: Path, rundir: Path, cores: int, *targets: str) -> Run:
     return measure(snakemake_command(rundir, sheet, cores, *targets), rundir / "snakemake.log", rundir, environment())
 
 
-def run_with_config(sheet: Path, rundir: Path, cores: int, config: dict) -> Run:
-    """The whole workflow from scratch with ``config`` as a further ``--configfile`` (a variant of
-    the default config: another ambient method, other contrasts); exits when the run fails."""
-    import yaml
-
-    shutil.rmtree(rundir, ignore_errors=True)
-    rundir.mkdir(parents=True)
-    extra = rundir / "variant.yaml"
-    extra.write_text(yaml.safe_dump(config, sort_keys=False))
-    command = snakemake_command(rundir, sheet, cores)
-    command[command.index("--config") : command.index("--config")] = ["--configfile", str(extra)]
-    run = measure(command, rundir / "snakemake.log", rundir, environment())
-    if run.returncode:
-        sys.exit(f"the run in {rundir} failed, see {run.log}")
-    return run
-
-
-def comparison_arguments(description: str, argv: list[str] | None) -> argparse.Namespace:
-    """Options of the commands that compare two variants of one dataset (ambient_cost.py,
-    contrast_cost.py)."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--size", type=int, default=100000, help="approximate barcodes")
-    parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--workdir", type=Path, default=ROOT / ".benchmark-runs")
-    parser.add_argument("--no-warm-up", action="store_true", help="skip compiling numba code first")
-    return parser.parse_args(argv)
-
-
 def run_baseline(sheet: Path, outdir: Path) -> Run:
     shutil.rmtree(outdir, ignore_errors=True)
     outdir.mkdir(parents=True)
