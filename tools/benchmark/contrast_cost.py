@@ -33,25 +33,6 @@ THREE = harness.ROOT / "config" / "examples" / "placebo_controlled.yaml"
 PER_CONTRAST_RULES = ("fit_de", "summarize_de", "compare_composition", "enrich_de", "score_gene_sets")
 
 
-def simulate_trial(size: int, workdir: Path) -> Path:
-    """The trial preset at about ``size`` barcodes (cached), as 10x .h5 files and a sheet."""
-    folder = workdir / f"trial_{size}"
-    sheet = folder / "samples.tsv"
-    if sheet.exists():
-        return sheet
-    harness.shutil.rmtree(folder, ignore_errors=True)
-    cells = round(size / 32 / harness.DOUBLET_AND_SIZE_FACTOR)
-    print(f"simulating a trial of {size} cells ...", flush=True)
-    harness.run_simulator(
-        folder / "counts",
-        folder / "tmp.tsv",
-        *("--preset", "trial", "--cells-per-sample", str(cells)),
-        *("--n-genes", str(harness.N_GENES), "--library-median", str(harness.LIBRARY_MEDIAN)),
-    )
-    (folder / "tmp.tsv").rename(sheet)
-    return sheet
-
-
 def de_seconds_per_contrast(rundir: Path) -> pd.Series:
     """Seconds each contrast's fits took, summed over the ``fit_de`` jobs: from the job's start
     (its benchmark file's end minus its seconds) to its first contrast's log line, then between
@@ -71,7 +52,8 @@ def de_seconds_per_contrast(rundir: Path) -> pd.Series:
 
 def main(argv: list[str] | None = None) -> None:
     args = variants.comparison_arguments(__doc__.splitlines()[0], argv)
-    sheet = simulate_trial(args.size, args.workdir)
+    # The trial preset: 16 patients (8 on IL-7, 8 on placebo) x pre/post.
+    sheet = harness.simulate(args.size, args.workdir, preset="trial", n_donors=16)
     if not args.no_warm_up:
         harness.warm_up(args.workdir, args.cores)
     three = yaml.safe_load(THREE.read_text())

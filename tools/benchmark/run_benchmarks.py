@@ -143,28 +143,22 @@ def run_simulator(outdir: Path, sheet: Path, *options: str) -> None:
     )
 
 
-def simulate(size: int, workdir: Path) -> Path:
-    """Simulate (once; cached) a dataset of about ``size`` barcodes and return its sample sheet."""
-    folder = workdir / f"data_{size}"
+def simulate(size: int, workdir: Path, preset: str = "example", n_donors: int = N_DONORS) -> Path:
+    """Simulate (once; cached) a dataset of about ``size`` barcodes, ``n_donors`` x pre/post of the
+    simulator's ``preset``, and return its sample sheet (``data_<size>`` for the example preset,
+    ``<preset>_<size>`` for another)."""
+    folder = workdir / (f"data_{size}" if preset == "example" else f"{preset}_{size}")
     sheet = folder / "samples.tsv"
     if sheet.exists():
         return sheet
     shutil.rmtree(folder, ignore_errors=True)
-    cells_per_sample = round(size / (2 * N_DONORS) / DOUBLET_AND_SIZE_FACTOR)
-    print(f"simulating {size} cells ...", flush=True)
+    cells_per_sample = round(size / (2 * n_donors) / DOUBLET_AND_SIZE_FACTOR)
+    print(f"simulating {size} cells ({preset}) ...", flush=True)
     run_simulator(
         folder / "counts",
         folder / "tmp.tsv",
-        "--preset",
-        "example",
-        "--n-donors",
-        str(N_DONORS),
-        "--cells-per-sample",
-        str(cells_per_sample),
-        "--n-genes",
-        str(N_GENES),
-        "--library-median",
-        str(LIBRARY_MEDIAN),
+        *("--preset", preset, "--n-donors", str(n_donors), "--cells-per-sample", str(cells_per_sample)),
+        *("--n-genes", str(N_GENES), "--library-median", str(LIBRARY_MEDIAN)),
     )
     (folder / "tmp.tsv").rename(sheet)  # the sheet last: its presence marks a complete dataset
     return sheet

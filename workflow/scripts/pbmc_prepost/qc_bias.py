@@ -206,8 +206,9 @@ def _share_change(paired: pd.DataFrame, contrast: Contrast, is_trt: np.ndarray) 
     ``(1 - removed_treated) / (1 - removed_reference) - 1``; for a difference of changes, that of
     ``arm`` minus that of ``versus_arm``."""
 
+    before, removed = paired["cells_before_qc"].to_numpy(float), paired["removed"].to_numpy(float)
+
     def change(rows: np.ndarray) -> float:
-        before, removed = paired["cells_before_qc"].to_numpy(float), paired["removed"].to_numpy(float)
         kept_ref = 1 - removed[rows & ~is_trt].sum() / max(before[rows & ~is_trt].sum(), 1)
         kept_trt = 1 - removed[rows & is_trt].sum() / max(before[rows & is_trt].sum(), 1)
         return kept_trt / kept_ref - 1 if kept_ref > 0 else math.nan

@@ -16,6 +16,8 @@ from pbmc_prepost import arms
 from pbmc_prepost.design import Contrast
 from pbmc_prepost.genesets import GeneSetLibrary
 
+#: The artefact control whose call every row of the same contrast and population carries.
+STRESS_SET = "QC_DISSOCIATION_EXVIVO_STRESS"
 DONOR_SET_COLUMNS = ["gene_set", "n_pairs", "n_genes", "donor_shift", "donor_t", "donor_pvalue", "donor_fdr"]
 
 
@@ -140,7 +142,3 @@ def confirmed_call(gsea_fdr: float, nes: float, donor_fdr: float, donor_shift: f
     if np.sign(nes) != np.sign(donor_shift):
         return "discordant"
     return "up" if nes > 0 else "down"
-
-
-#: The artefact control whose call every row of the same population carries.
-STRESS_SET = "QC_DISSOCIATION_EXVIVO_STRESS"
