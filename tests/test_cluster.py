@@ -256,3 +256,71 @@ def test_merge_reads_samples_from_files_one_at_a_time(samples, tmp_path):
     assert list(from_files.var_names) == list(in_memory.var_names)
     assert (from_files.layers["counts"] != in_memory.layers["counts"]).nnz == 0
     assert list(from_files.obs["sample"]) == list(in_memory.obs["sample"])
+
+
+def test_write_merged_on_disk_equals_the_merge_in_memory(samples, tmp_path, monkeypatch):
+    """The workflow's merge, written sample by sample, holds the in-memory merge's counts, obs and
+    var, and size factors whose shifted log is scanpy's normalize_total + log1p bit for bit."""
+    import pbmc_prepost.h5ad as h5ad_module
+    from pbmc_prepost.h5ad import read_h5ad_parts
+
+    monkeypatch.setattr(h5ad_module, "CHUNK_VALUES", 1000)  # many chunks, appended across samples
+    settings = merge_settings(3)
+    path = tmp_path / "merged.h5ad"
+    preprocess.write_merged({s: a.copy() for s, a in samples.items()}, settings, path)
+    on_disk = ad.read_h5ad(path)
+    in_memory = merged_from(samples)
+    assert on_disk.X is None and list(on_disk.layers) == ["counts"]  # one cells x genes matrix
+    assert list(on_disk.obs_names) == list(in_memory.obs_names)
+    assert list(on_disk.var_names) == list(in_memory.var_names)
+    assert (on_disk.layers["counts"] != in_memory.layers["counts"]).nnz == 0
+    pd.testing.assert_frame_equal(on_disk.obs.drop(columns="size_factor"), in_memory.obs)
+    logged = preprocess.shifted_log(on_disk.layers["counts"], on_disk.obs["size_factor"].to_numpy())
+    assert logged.dtype == in_memory.X.dtype and np.array_equal(logged.toarray(), in_memory.X.toarray())
+    # Any subset of genes gets the same values as the whole matrix: the size factors hold all genes.
+    some = read_h5ad_parts(path, x=False, layers=["counts"], genes=list(on_disk.var_names[::7]))
+    part = preprocess.shifted_log(some.layers["counts"], some.obs["size_factor"].to_numpy())
+    assert np.array_equal(part.toarray(), in_memory[:, some.var_names].X.toarray())
+    assert on_disk.uns["normalization"]["target_sum"] == pytest.approx(
+        np.median(np.asarray(in_memory.layers["counts"].sum(axis=1)).ravel())
+    )
+
+
+def test_shifted_log_matches_scanpy_for_a_given_target_and_empty_cells():
+    import scanpy as sc
+
+    counts = sp.random(40, 30, density=0.2, format="csr", random_state=3, dtype=np.float32)
+    counts.data = np.ceil(counts.data * 20)
+    counts[5] = 0  # a cell without counts stays all zero, as in scanpy
+    counts.eliminate_zeros()
+    for target in (None, 1e4):
+        reference = ad.AnnData(X=counts.copy())
+        sc.pp.normalize_total(reference, target_sum=target)
+        sc.pp.log1p(reference)
+        totals = np.asarray(counts.sum(axis=1)).ravel()
+        ours = preprocess.shifted_log(counts, preprocess.size_factors(totals, target)[0])
+        assert np.array_equal(ours.toarray(), reference.X.toarray())
+
+
+def test_clustered_file_is_written_in_blocks_with_the_shifted_log_in_x(samples, tmp_path, monkeypatch):
+    import pbmc_prepost.h5ad as h5ad_module
+
+    monkeypatch.setattr(h5ad_module, "ROW_BLOCK", 97)  # blocks that cut samples apart
+    merged_path, path = tmp_path / "merged.h5ad", tmp_path / "clustered.h5ad"
+    preprocess.write_merged({s: a.copy() for s, a in samples.items()}, merge_settings(3), merged_path)
+    skeleton = ad.read_h5ad(merged_path)
+    embedding = ad.AnnData(
+        obs=skeleton.obs[["sample", "barcode"]].copy(),
+        var=pd.DataFrame({"highly_variable": True, "hvg_excluded": False}, index=skeleton.var_names),
+        obsm={"X_umap": np.zeros((skeleton.n_obs, 2))},
+        obsp={"connectivities": sp.identity(skeleton.n_obs, format="csr")},
+        uns={"graph_representation": "X_pca"},
+    )
+    clusters = pd.DataFrame({"leiden_1": (np.arange(skeleton.n_obs) % 3).astype(str)})
+    cluster.write_clustered(merged_path, embedding, clusters, path)
+    clustered = ad.read_h5ad(path)
+    reference = merged_from(samples)
+    assert np.array_equal(clustered.X.toarray(), reference.X.toarray())
+    assert (clustered.layers["counts"] != reference.layers["counts"]).nnz == 0
+    assert list(clustered.obs["leiden_1"].cat.categories) == ["0", "1", "2"]
+    assert "X_umap" in clustered.obsm and "connectivities" in clustered.obsp and clustered.var["highly_variable"].all()

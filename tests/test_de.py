@@ -332,10 +332,13 @@ def test_pseudobulk_sums_raw_counts_exactly():
     assert dict(zip(pb.obs["sample"], pb.obs["donor"])) == {"s1": "d1", "s2": "d2"}
 
 
-def test_pseudobulk_fallback_and_input_checks(treated, monkeypatch):
+def test_pseudobulk_fallback_and_input_checks(treated, monkeypatch, tmp_path):
+    from pbmc_prepost.h5ad import iter_row_blocks
+
     # The indicator product gives exactly decoupler's sums on real-sized data.
     obs = treated.obs[["sample", "lineage"]].astype(str)
-    keys, X = pseudobulk._pseudobulk_indicator(sp.csr_matrix(treated.layers["counts"]), obs, "sample", "lineage")
+    counts = sp.csr_matrix(treated.layers["counts"])
+    keys, X = pseudobulk._pseudobulk_indicator(pseudobulk._row_blocks(counts), obs, treated.n_vars, "sample", "lineage")
     pb = pseudobulk.pseudobulk(treated, "lineage")
     frame = pd.DataFrame(X, index=pd.MultiIndex.from_tuples(keys))
     np.testing.assert_array_equal(frame.loc[list(zip(pb.obs["sample"], pb.obs["lineage"]))].to_numpy(), pb.X)
@@ -347,6 +350,15 @@ def test_pseudobulk_fallback_and_input_checks(treated, monkeypatch):
     assert treated.n_obs > 10 * 37
     np.testing.assert_array_equal(blockwise.X, pb.X)
     assert list(blockwise.obs_names) == list(pb.obs_names)
+    # Counts streamed from a file by blocks of rows (the workflow): an object without counts.
+    path = tmp_path / "cells.h5ad"
+    treated.write_h5ad(path)
+    cells_only = ad.AnnData(obs=treated.obs.copy(), var=treated.var.copy())
+    streamed = pseudobulk.pseudobulk(cells_only, "lineage", blocks=iter_row_blocks(path, "layers/counts", size=101))
+    np.testing.assert_array_equal(streamed.X, pb.X)
+    pd.testing.assert_frame_equal(streamed.obs, pb.obs)
+    with pytest.raises(ValueError, match="cover 101 cells"):
+        pseudobulk.pseudobulk(cells_only, "lineage", blocks=iter([(0, 101, counts[:101])]))
     # Non-integer counts (decoupler refuses) still sum exactly.
     cells = _tiny()
     cells.layers["counts"] = cells.layers["counts"] * 0.5

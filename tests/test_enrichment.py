@@ -288,6 +288,19 @@ def test_set_scores_equal_scanpys_score_genes(treated, library, dense):
     assert not np.allclose(other, cells.obs["reference"].to_numpy())
 
 
+def test_module_scores_from_the_genes_they_read_equal_those_from_all(treated, library, scores_treated):
+    """The workflow reads only the members and control genes (genes_to_score) with every gene's
+    mean: the scores are those computed from the whole matrix."""
+    cells = treated["cells"]
+    means = pd.Series(np.asarray(cells.X.sum(axis=0, dtype="float64")).ravel() / cells.n_obs, index=cells.var_names)
+    genes = ms.genes_to_score(library, means)
+    assert 0 < len(genes) < cells.n_vars
+    subset = cells[:, cells.var_names.isin(genes)].copy()
+    ours = ms.module_scores(subset, library, "lineage", CONTRAST, means=means)
+    pd.testing.assert_frame_equal(ours, scores_treated)
+    assert ours.attrs == scores_treated.attrs
+
+
 def test_module_scores_refuse_raw_counts(treated, library):
     raw = ad.AnnData(
         X=treated["cells"].layers["counts"][:200],

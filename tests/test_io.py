@@ -407,3 +407,43 @@ def test_read_h5ad_parts_reads_some_genes_block_by_block(tmp_path: Path, monkeyp
     assert list(some.var_names) == ["g3", "g4", "g17"]
     assert sp.issparse(some.X) and (some.X != X[:, [3, 4, 17]]).nnz == 0
     assert some.n_obs == 50 and "connectivities" in some.obsp
+
+
+def test_partial_reads_of_rows_blocks_and_column_means(tmp_path: Path, monkeypatch) -> None:
+    import pbmc_prepost.h5ad as h5ad_module
+    from pbmc_prepost.h5ad import column_means, iter_row_blocks
+
+    X = sp.random(50, 20, density=0.3, format="csr", random_state=2, dtype=np.float32)
+    full = anndata.AnnData(
+        X=X,
+        obs=pd.DataFrame({"n": np.arange(50)}, index=[f"c{i}" for i in range(50)]),
+        var=pd.DataFrame(index=[f"g{i}" for i in range(20)]),
+        layers={"counts": X * 3},
+        obsm={"X_umap": np.arange(100.0).reshape(50, 2)},
+        obsp={"connectivities": sp.random(50, 50, density=0.1, format="csr", random_state=3)},
+    )
+    path = tmp_path / "full.h5ad"
+    full.write_h5ad(path)
+    monkeypatch.setattr(h5ad_module, "ROW_BLOCK", 7)
+    rows = np.array([0, 1, 2, 9, 10, 30, 49])  # runs of consecutive rows and single ones
+    part = read_h5ad_parts(
+        path, layers=["counts"], obsm=["X_umap"], obsp=["connectivities"], rows=rows, genes=["g2", "g5"]
+    )
+    assert list(part.obs_names) == [f"c{i}" for i in rows] and list(part.var_names) == ["g2", "g5"]
+    assert np.array_equal(part.X.toarray(), X[rows][:, [2, 5]].toarray())
+    assert np.array_equal(part.layers["counts"].toarray(), (X * 3)[rows][:, [2, 5]].toarray())
+    assert np.array_equal(part.obsm["X_umap"], full.obsm["X_umap"][rows])
+    graph = full.obsp["connectivities"]
+    assert np.array_equal(part.obsp["connectivities"].toarray(), graph[rows][:, rows].toarray())
+    blocks = list(iter_row_blocks(path, "layers/counts", genes=["g19", "g0"]))
+    assert [(start, stop) for start, stop, _ in blocks][:2] == [(0, 7), (7, 14)] and blocks[-1][1] == 50
+    assert np.array_equal(sp.vstack([b for _, _, b in blocks]).toarray(), (X * 3)[:, [0, 19]].toarray())
+    assert np.allclose(column_means(path, "X"), np.asarray(X.sum(axis=0, dtype="float64")).ravel() / 50, rtol=1e-12)
+    with pytest.raises(KeyError, match="no X"):
+        read_h5ad_parts(_without_x(full, tmp_path))
+
+
+def _without_x(adata: anndata.AnnData, tmp_path: Path) -> Path:
+    path = tmp_path / "counts_only.h5ad"
+    anndata.AnnData(obs=adata.obs, var=adata.var, layers={"counts": adata.layers["counts"]}).write_h5ad(path)
+    return path

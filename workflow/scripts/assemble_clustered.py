@@ -8,6 +8,5 @@ from pbmc_prepost.tables import read_tsv
 
 smk = snakemake  # noqa: F821
 log = start_job(smk.log[0])
-adata = ad.read_h5ad(smk.input.merged)
-cluster.attach_clustering(adata, ad.read_h5ad(smk.input.embedding), read_tsv(smk.input.clusters, dtype=str))
-adata.write_h5ad(smk.output.h5ad)
+embedding = ad.read_h5ad(smk.input.embedding)
+cluster.write_clustered(smk.input.merged, embedding, read_tsv(smk.input.clusters, dtype=str), smk.output.h5ad)

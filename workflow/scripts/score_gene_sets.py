@@ -1,9 +1,11 @@
 """Snakemake adapter: per-cell module scores averaged per donor x timepoint x population; paired test."""
 
+import pandas as pd
+
 from pbmc_prepost import module_scores
 from pbmc_prepost.annotation_checks import population_notes
 from pbmc_prepost.genesets import read_gene_sets
-from pbmc_prepost.h5ad import read_h5ad_parts
+from pbmc_prepost.h5ad import column_means, read_h5ad_parts
 from pbmc_prepost.plots.enrichment import headline_score_lines
 from pbmc_prepost.runtime import start_job
 from pbmc_prepost.tables import FLOAT_FORMAT, attach_cell_labels, read_tsv, write_tsv
@@ -12,10 +14,13 @@ smk = snakemake  # noqa: F821
 settings = smk.params.settings
 log = start_job(smk.log[0], smk.threads, settings.seed)
 library = read_gene_sets(smk.input.gmt, smk.input.set_metadata or None)
-adata = read_h5ad_parts(smk.input.h5ad)  # log-normalized X only
+# Only the genes scoring reads (members and their control genes), drawn from every gene's mean.
+means = pd.Series(column_means(smk.input.h5ad, "X"), index=read_h5ad_parts(smk.input.h5ad, x=False).var_names)
+genes = module_scores.genes_to_score(library, means, settings.min_genes, settings.seed)
+adata = read_h5ad_parts(smk.input.h5ad, genes=genes)  # their log-normalized X only
 attach_cell_labels(adata, smk.input.cells, [settings.level])
 notes = population_notes(read_tsv(smk.input.clusters, dtype=str, keep_default_na=False), settings.level)
-scores, test = module_scores.score_populations(adata, library, settings, notes)
+scores, test = module_scores.score_populations(adata, library, settings, notes, means=means)
 write_tsv(scores, smk.output.donor_scores, FLOAT_FORMAT)
 write_tsv(test, smk.output.scores, FLOAT_FORMAT)
 for i, contrast in enumerate(settings.contrasts):

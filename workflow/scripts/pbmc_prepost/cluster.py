@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -158,6 +159,33 @@ def cluster_table(embedding: ad.AnnData, settings: ClusterSettings) -> pd.DataFr
     table["umap_1"] = embedding.obsm["X_umap"][:, 0].round(5)
     table["umap_2"] = embedding.obsm["X_umap"][:, 1].round(5)
     return table
+
+
+def write_clustered(merged_path: str | Path, embedding: ad.AnnData, clusters: pd.DataFrame, path: str | Path) -> None:
+    """``results/merged/clustered.h5ad``: the merged counts, their shifted-log values in ``X``, the
+    embedding and the Leiden columns, written block by block of cells.
+
+    The counts are copied on disk and ``X`` is computed from them one block of rows at a time
+    (:func:`pbmc_prepost.preprocess.shifted_log`), so memory holds one block, not the matrices.
+    """
+    import h5py
+
+    from pbmc_prepost.h5ad import CsrWriter, iter_row_blocks, read_h5ad_parts
+    from pbmc_prepost.preprocess import shifted_log
+
+    skeleton = read_h5ad_parts(merged_path, x=False)
+    attach_clustering(skeleton, embedding, clusters)
+    skeleton.write_h5ad(path)
+    factors = skeleton.obs["size_factor"].to_numpy()
+    with h5py.File(merged_path, "r") as source, h5py.File(path, "r+") as target:
+        if "counts" in target["layers"]:
+            del target["layers/counts"]
+        source.copy(source["layers/counts"], target["layers"], "counts")
+        if "X" in target:
+            del target["X"]
+        writer = CsrWriter(target, "X")
+        for start, stop, block in iter_row_blocks(merged_path, "layers/counts"):
+            writer.append(shifted_log(block, factors[start:stop]))
 
 
 def attach_clustering(adata: ad.AnnData, embedding: ad.AnnData, clusters: pd.DataFrame) -> None:

@@ -43,7 +43,7 @@ def _mean_over(X, axis: int, columns: np.ndarray | None = None) -> np.ndarray:
     return np.nanmean(part, axis=axis, dtype=None if axis == 0 else "float64")
 
 
-def expression_bins(X, var_names: pd.Index, n_bins: int = 25) -> pd.Series:
+def expression_bins(X, var_names: pd.Index, n_bins: int = 25, means: pd.Series | None = None) -> pd.Series:
     """Expression bin of every gene, as scanpy's ``score_genes`` cuts the gene pool.
 
     Genes are ranked by mean expression over all cells and cut into ``n_bins`` - 1 equal-sized
@@ -57,13 +57,18 @@ def expression_bins(X, var_names: pd.Index, n_bins: int = 25) -> pd.Series:
         Gene names of the columns of ``X``.
     n_bins
         scanpy's ``n_bins``.
+    means
+        Every gene's mean over all cells, when ``X`` holds only some genes or is on disk
+        (``X`` and ``var_names`` are then not used).
 
     Returns
     -------
     pandas.Series
         Bin per gene (index: gene names; genes whose mean is not finite left out).
     """
-    means = pd.Series(_mean_over(X, axis=0), index=pd.Index(var_names, dtype="string"))
+    if means is None:
+        means = pd.Series(_mean_over(X, axis=0), index=var_names)
+    means = pd.Series(means.to_numpy(), index=pd.Index(means.index, dtype="string"))
     means = means[np.isfinite(means)]
     n_items = int(np.round(len(means) / (n_bins - 1)))
     return means.rank(method="min") // n_items
@@ -104,6 +109,12 @@ def score_genes(
     gene_list = pd.Index(list(genes)).intersection(var_names)
     if len(gene_list) == 0:
         raise ValueError("score_genes: none of the genes are in the data")
+    control = control_genes(bins, gene_list, ctrl_size, random_state)
+    return _mean_over(X, 1, var_names.get_indexer(gene_list)) - _mean_over(X, 1, var_names.get_indexer(control))
+
+
+def control_genes(bins: pd.Series, gene_list: pd.Index, ctrl_size: int = 50, random_state: int = 0) -> pd.Index:
+    """The control genes :func:`score_genes` draws for ``gene_list`` (scanpy's draw, see there)."""
     draw = np.random.RandomState(random_state)
     control = pd.Index([], dtype="string")
     for cut in np.unique(bins.loc[gene_list]):
@@ -113,7 +124,20 @@ def score_genes(
         control = control.union(candidates.difference(gene_list))
     if len(control) == 0:
         raise RuntimeError(f"score_genes: no control genes in the expression bins of {list(gene_list)[:5]}")
-    return _mean_over(X, 1, var_names.get_indexer(gene_list)) - _mean_over(X, 1, var_names.get_indexer(control))
+    return control
+
+
+def genes_to_score(library: GeneSetLibrary, means: pd.Series, min_genes: int = 3, seed: int = 0) -> list[str]:
+    """Every gene :func:`module_scores` reads for ``library``: the members present and their
+    control genes, from every gene's mean (``means``); the rest of the matrix can stay on disk."""
+    bins = expression_bins(None, None, means=means)
+    needed: set[str] = set()
+    for genes in library.sets.values():
+        present = [g for g in genes if g in bins.index]
+        needed.update(present)  # a set skipped for too few members still reports how many are present
+        if len(present) >= min_genes:
+            needed.update(control_genes(bins, pd.Index(present).intersection(bins.index), random_state=seed))
+    return sorted(needed)
 
 
 def module_scores(
@@ -125,6 +149,7 @@ def module_scores(
     min_genes: int = 3,
     layer: str | None = None,
     seed: int = 0,
+    means: pd.Series | None = None,
 ) -> pd.DataFrame:
     """Score every set per cell (scanpy's ``score_genes`` method), then average per sample x population.
 
@@ -154,6 +179,9 @@ def module_scores(
         Layer with log-normalized data (None: ``X``).
     seed
         ``random_state`` of the control-gene draw.
+    means
+        Every gene's mean over all cells (:func:`expression_bins`), for an ``adata`` that holds
+        only the genes scoring reads (:func:`genes_to_score`).
 
     Returns
     -------
@@ -203,7 +231,7 @@ def module_scores(
     var_names = pd.Index(adata.var_names.astype(str))
     # The expression bins depend only on the data: computed once for all sets (scanpy recomputes
     # them, with two copies of X, for every set).
-    bins = expression_bins(X, var_names)
+    bins = expression_bins(X, var_names, means=means)
     skipped: dict[str, str] = {}
     per_cell = {}
     for name, genes in library.sets.items():
@@ -410,7 +438,11 @@ def contrast_score_test(
 
 
 def score_populations(
-    adata: ad.AnnData, library: GeneSetLibrary, settings: ScoreSettings, annotation_notes: dict[str, str] | None = None
+    adata: ad.AnnData,
+    library: GeneSetLibrary,
+    settings: ScoreSettings,
+    annotation_notes: dict[str, str] | None = None,
+    means: pd.Series | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`module_scores` at the DE level and every contrast's test (:func:`contrast_score_test`);
     the note of a population whose annotation is flagged says so.
@@ -421,7 +453,7 @@ def score_populations(
         The per-sample means (``level`` first) and the tests (``contrast`` and ``level`` first).
     """
     scores = module_scores(
-        adata, library, settings.level, settings.contrast, min_genes=settings.min_genes, seed=settings.seed
+        adata, library, settings.level, settings.contrast, min_genes=settings.min_genes, seed=settings.seed, means=means
     )
     sample_meta = adata.obs.drop_duplicates("sample").set_index("sample")
     notes = annotation_notes or {}

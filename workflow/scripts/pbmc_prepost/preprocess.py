@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -27,7 +28,10 @@ sc = import_scanpy()
 
 
 def merge_samples(objects: Mapping[str, ad.AnnData], settings: MergeSettings) -> ad.AnnData:
-    """Concatenate per-sample QC-passed objects and attach sample metadata.
+    """Concatenate per-sample QC-passed objects in memory and attach sample metadata.
+
+    The workflow writes the same object to disk sample by sample (:func:`write_merged`); this
+    in-memory form is for small data and tests.
 
     Parameters
     ----------
@@ -43,15 +47,58 @@ def merge_samples(objects: Mapping[str, ad.AnnData], settings: MergeSettings) ->
     Returns
     -------
     AnnData
-        Raw counts in ``layers["counts"]`` and, until :func:`normalize` runs, in ``X`` too (the
-        same matrix object, not a copy). Only genes present in every sample are kept.
+        Raw counts (float32 CSR) in ``layers["counts"]`` and, until :func:`normalize` runs, in ``X``
+        too (the same matrix object, not a copy). Only genes present in every sample are kept.
     """
+    names, keep = _merge_plan(objects, settings)
+    parts = [_sample_part(objects[s], keep) for s in names]
+    merged = ad.concat(parts, join="inner", merge="first")
+    sizes = [part.n_obs for part in parts]
+    del parts
+    _add_sample_columns(merged.obs, names, sizes, settings)
+    merged.layers["counts"] = merged.X
+    return merged
+
+
+def write_merged(objects: Mapping[str, ad.AnnData], settings: MergeSettings, path: str | Path) -> ad.AnnData:
+    """:func:`merge_samples` written to ``path`` one sample at a time, with the size factors.
+
+    The file holds the raw counts in ``layers["counts"]`` and no ``X``: the shifted-log values are
+    computed from the counts where a step needs them (:func:`shifted_log`), from ``obs["size_factor"]``
+    (:func:`size_factors`), so no step stores or reads a second cells x genes matrix. Memory is one
+    sample's matrix, whatever the number of samples.
+
+    Returns
+    -------
+    AnnData
+        The merged object without matrices (obs, var, uns), as written.
+    """
+    from pbmc_prepost.h5ad import CsrWriter, dict_group
+
+    names, keep = _merge_plan(objects, settings)
+    frames, totals = [], []
+    with h5py.File(path, "w") as handle:
+        writer = CsrWriter(dict_group(handle, "layers"), "counts")
+        for s in names:
+            part = _sample_part(objects[s], keep)
+            writer.append(part.X)
+            totals.append(np.asarray(part.X.sum(axis=1, dtype=np.float64)).ravel())
+            frames.append(ad.AnnData(obs=part.obs, var=part.var))
+            del part
+    merged = ad.concat(frames, join="inner", merge="first")
+    _add_sample_columns(merged.obs, names, [f.n_obs for f in frames], settings)
+    merged.obs["size_factor"], target = size_factors(np.concatenate(totals), settings.target_sum)
+    merged.uns["normalization"] = {"method": "shifted_log", "target_sum": target}
+    _write_skeleton(merged, path)
+    return merged
+
+
+def _merge_plan(objects: Mapping[str, ad.AnnData], settings: MergeSettings) -> tuple[list[str], pd.Index]:
+    """The samples merged and the genes kept (first pass over the samples, one in memory at a time)."""
     min_cells_per_gene = settings.min_cells_per_gene
-    sample_meta, meta_columns = settings.study.sample_meta(), settings.study.meta_columns
-    # Two passes over the samples, one sample in memory at a time (``objects`` may load lazily, as
-    # io.H5adFiles does): count the cells detecting each gene, then keep the genes that pass scanpy
-    # filter_genes' rule (detected in at least min_cells_per_gene cells) before concatenating, so
-    # the cells x genes matrix is built once.
+    # Count the cells detecting each gene, then keep the genes that pass scanpy filter_genes' rule
+    # (detected in at least min_cells_per_gene cells) before concatenating, so the cells x genes
+    # matrix is built once.
     detected, names = {}, []
     for s in objects:
         sample = objects[s]
@@ -82,26 +129,69 @@ def merge_samples(objects: Mapping[str, ad.AnnData], settings: MergeSettings) ->
     genes = pd.Index([g for g in detected[names[0]].index if g in common])
     n_detected = sum(detected[s].reindex(genes).to_numpy() for s in names)
     keep = genes[n_detected >= min_cells_per_gene]
-    parts = [objects[s][:, keep].copy() for s in names]
-    merged = ad.concat(parts, join="inner", merge="first")
-    sizes = [part.n_obs for part in parts]
-    del parts
-    merged.obs["sample"] = np.repeat(names, sizes)
-    for column in meta_columns:
-        merged.obs[column] = merged.obs["sample"].map(sample_meta[column]).astype(str).to_numpy()
-    for column in ["sample", *meta_columns]:
-        merged.obs[column] = pd.Categorical(merged.obs[column])
-    merged.X = sp.csr_matrix(merged.X, dtype=np.float32)
     log.info(
-        "merged %d samples: %d cells, %d genes (%d detected in < %d cells dropped)",
+        "merging %d samples: %d genes (%d detected in < %d cells dropped)",
         len(names),
-        merged.n_obs,
-        merged.n_vars,
+        len(keep),
         len(genes) - len(keep),
         min_cells_per_gene,
     )
-    merged.layers["counts"] = merged.X
-    return merged
+    return names, keep
+
+
+def _sample_part(sample: ad.AnnData, keep: pd.Index) -> ad.AnnData:
+    part = sample[:, keep].copy()
+    part.X = sp.csr_matrix(part.X, dtype=np.float32)
+    return part
+
+
+def _add_sample_columns(obs: pd.DataFrame, names: list[str], sizes: list[int], settings: MergeSettings) -> None:
+    sample_meta, meta_columns = settings.study.sample_meta(), settings.study.meta_columns
+    obs["sample"] = np.repeat(names, sizes)
+    for column in meta_columns:
+        obs[column] = obs["sample"].map(sample_meta[column]).astype(str).to_numpy()
+    for column in ["sample", *meta_columns]:
+        obs[column] = pd.Categorical(obs[column])
+    log.info("merged %d samples: %d cells", len(names), len(obs))
+
+
+def _write_skeleton(adata: ad.AnnData, path: str | Path) -> None:
+    """obs, var and uns of ``adata`` into the ``.h5ad`` at ``path`` (whose matrices are written)."""
+    from anndata.io import write_elem
+
+    from pbmc_prepost.h5ad import mark_anndata
+
+    with h5py.File(path, "a") as handle:
+        for key, value in (("obs", adata.obs), ("var", adata.var), ("uns", dict(adata.uns))):
+            if key in handle:
+                del handle[key]
+            write_elem(handle, key, value)
+        mark_anndata(handle)
+
+
+def size_factors(totals: np.ndarray, target_sum: float | None) -> tuple[np.ndarray, float]:
+    """Each cell's total counts over the target, as ``scanpy.pp.normalize_total`` divides by.
+
+    ``target_sum`` None: the median of the non-zero totals (scanpy's default). float32, as scanpy
+    computes them for float32 counts, so :func:`shifted_log` gives scanpy's values bit for bit.
+    """
+    totals = np.asarray(totals).astype(np.float32)
+    target = np.median(totals[totals > 0]) if target_sum is None else target_sum
+    return totals / target, float(target)
+
+
+def shifted_log(counts: sp.spmatrix, factors: np.ndarray) -> sp.csr_matrix:
+    """log1p(counts / size factor) per cell: :func:`normalize`'s values for any subset of genes.
+
+    ``factors`` from :func:`size_factors` over all genes, so a block of rows or of genes gets the
+    values the whole matrix would (scanpy's ``normalize_total`` then ``log1p``; tested).
+    """
+    counts = sp.csr_matrix(counts)
+    factors = np.asarray(factors, dtype=np.float32)
+    factors = factors + (factors == 0)  # as scanpy: a cell without counts stays 0
+    data = counts.data / np.repeat(factors, np.diff(counts.indptr))
+    np.log1p(data, out=data)
+    return sp.csr_matrix((data, counts.indices.copy(), counts.indptr.copy()), shape=counts.shape)
 
 
 def normalize(adata: ad.AnnData, target_sum: float | None) -> None:
@@ -306,8 +396,9 @@ def embed(adata: ad.AnnData, settings: EmbedSettings) -> str:
 def embed_merged(path: str | Path, settings: EmbedSettings) -> tuple[ad.AnnData, pd.DataFrame]:
     """HVGs, PCA, optional Harmony, kNN graph and UMAP of the merged object at ``path``.
 
-    One cells x genes matrix is in memory at a time: ``seurat_v3`` ranks genes on the raw counts,
-    then PCA reads the log-normalized ``X``.
+    One cells x genes matrix is in memory at a time: ``seurat_v3`` ranks genes on the raw counts
+    (other flavours on their shifted-log values); PCA then holds only the highly variable genes'
+    shifted-log values, computed from their counts and the size factors (:func:`shifted_log`).
 
     Returns
     -------
@@ -317,18 +408,19 @@ def embed_merged(path: str | Path, settings: EmbedSettings) -> tuple[ad.AnnData,
         the kNN graph and the ``uns`` entries of PCA, neighbours and UMAP; and the per-batch
         report of the HVG selection (:func:`select_hvgs`).
     """
-    on_counts = settings.hvg_flavor == "seurat_v3"
-    adata = read_h5ad_parts(path, x=not on_counts, layers=["counts"] if on_counts else [])
+    adata = read_h5ad_parts(path, x=False, layers=["counts"])
+    if settings.hvg_flavor != "seurat_v3":  # these flavours rank genes on the shifted-log values
+        adata.X = shifted_log(adata.layers.pop("counts"), adata.obs["size_factor"].to_numpy())
     hvg_report = select_hvgs(adata, settings)
-    if on_counts:
-        chosen = adata.var[["highly_variable", "hvg_excluded"]]
-        del adata
-        adata = read_h5ad_parts(path)
-        adata.var[chosen.columns] = chosen
+    chosen = adata.var[["highly_variable", "hvg_excluded"]]
+    del adata
+    adata = read_h5ad_parts(path, x=False, layers=["counts"], genes=chosen.index[chosen["highly_variable"]])
+    adata.X = shifted_log(adata.layers.pop("counts"), adata.obs["size_factor"].to_numpy())
+    adata.var[chosen.columns] = chosen
     use_rep = embed(adata, settings)
     embedding = ad.AnnData(
         obs=adata.obs[["sample", "barcode"]].copy(),
-        var=adata.var[["highly_variable", "hvg_excluded"]].copy(),
+        var=chosen.copy(),
         obsm={k: v for k, v in adata.obsm.items()},
         obsp={k: v for k, v in adata.obsp.items()},
         uns={

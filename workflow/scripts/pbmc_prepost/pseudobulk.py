@@ -9,7 +9,7 @@ indicator product on large data.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import anndata as ad
 import numpy as np
@@ -37,6 +37,7 @@ def pseudobulk(
     sample_col: str = "sample",
     layer: str | None = "counts",
     meta_columns: Sequence[str] = (),
+    blocks: Iterable[tuple[int, int, sp.spmatrix]] | None = None,
 ) -> ad.AnnData:
     """Sum raw counts per sample x group.
 
@@ -58,6 +59,10 @@ def pseudobulk(
         Layer with raw counts (None: ``X``).
     meta_columns
         Sample-level obs columns to carry over; each must be constant within a sample.
+    blocks
+        The counts as ``(start, stop, rows)`` blocks of cells in ``obs`` order
+        (:func:`pbmc_prepost.h5ad.iter_row_blocks`), for an ``adata`` that holds none: summed one
+        block at a time with the indicator product, so memory holds one block, not the matrix.
 
     Returns
     -------
@@ -77,7 +82,7 @@ def pseudobulk(
         raise ValueError(f"pseudobulk: obs column(s) {missing} missing; obs has {list(adata.obs.columns)}")
     if not adata.var_names.is_unique:
         raise ValueError("pseudobulk: var_names are not unique; run adata.var_names_make_unique() first")
-    if layer is not None and layer not in adata.layers:
+    if blocks is None and layer is not None and layer not in adata.layers:
         raise ValueError(f"pseudobulk: layer '{layer}' with raw counts missing; layers: {list(adata.layers)}")
     obs = pd.DataFrame(
         {c: adata.obs[c].astype(str).to_numpy() for c in (sample_col, group_col, *meta_columns)},
@@ -90,18 +95,20 @@ def pseudobulk(
                 f"pseudobulk: column '{column}' is not constant within sample(s) "
                 f"{sorted(varying.index[varying > 1])[:5]}"
             )
-    counts = adata.layers[layer] if layer is not None else adata.X
-    counts = sp.csr_matrix(counts)  # decoupler tests isinstance(csr_matrix), not csr_array
-    block = obs.groupby([sample_col, group_col]).size().max() if len(obs) else 0
     summed = None
-    if (
-        block * adata.n_vars * counts.dtype.itemsize <= _MAX_DENSE_BLOCK_BYTES
-        and counts.nnz <= _MAX_DECOUPLER_NNZ
-        and len(obs)
-    ):
-        summed = _pseudobulk_decoupler(counts, obs, adata.var_names, sample_col, group_col)
+    if blocks is None:
+        counts = adata.layers[layer] if layer is not None else adata.X
+        counts = sp.csr_matrix(counts)  # decoupler tests isinstance(csr_matrix), not csr_array
+        block = obs.groupby([sample_col, group_col]).size().max() if len(obs) else 0
+        if (
+            block * adata.n_vars * counts.dtype.itemsize <= _MAX_DENSE_BLOCK_BYTES
+            and counts.nnz <= _MAX_DECOUPLER_NNZ
+            and len(obs)
+        ):
+            summed = _pseudobulk_decoupler(counts, obs, adata.var_names, sample_col, group_col)
+        blocks = _row_blocks(counts)
     if summed is None:
-        summed = _pseudobulk_indicator(counts, obs, sample_col, group_col)
+        summed = _pseudobulk_indicator(blocks, obs, adata.n_vars, sample_col, group_col)
     keys, X = summed
     # Same row order whichever path summed: group, then sample.
     order = sorted(range(len(keys)), key=lambda i: (keys[i][1], keys[i][0]))
@@ -150,8 +157,14 @@ def group_indicator(codes: np.ndarray, n_groups: int) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n_groups, len(codes)))
 
 
+def _row_blocks(counts: sp.csr_matrix) -> Iterator[tuple[int, int, sp.csr_matrix]]:
+    for start in range(0, counts.shape[0], _SUM_BLOCK_CELLS):
+        stop = min(start + _SUM_BLOCK_CELLS, counts.shape[0])
+        yield start, stop, counts[start:stop]
+
+
 def _pseudobulk_indicator(
-    counts: sp.csr_matrix, obs: pd.DataFrame, sample_col: str, group_col: str
+    blocks: Iterable[tuple[int, int, sp.spmatrix]], obs: pd.DataFrame, n_vars: int, sample_col: str, group_col: str
 ) -> tuple[list[tuple[str, str]], np.ndarray]:
     """Exact sums as a (pseudobulk x cell) 0/1 matrix times the (cell x gene) counts.
 
@@ -160,15 +173,22 @@ def _pseudobulk_indicator(
     key = pd.MultiIndex.from_arrays([obs[sample_col], obs[group_col]])
     codes, uniques = pd.factorize(key, sort=True)
     indicator = group_indicator(codes, len(uniques)).tocsc()  # column blocks of cells
-    X = np.zeros((len(uniques), counts.shape[1]))
-    for start in range(0, counts.shape[0], _SUM_BLOCK_CELLS):
-        stop = min(start + _SUM_BLOCK_CELLS, counts.shape[0])
-        X += (indicator[:, start:stop] @ counts[start:stop].astype(np.float64)).toarray()
+    X = np.zeros((len(uniques), n_vars))
+    seen = 0
+    for start, stop, rows in blocks:
+        X += (indicator[:, start:stop] @ sp.csr_matrix(rows).astype(np.float64)).toarray()
+        seen = max(seen, stop)
+    if seen != len(obs):
+        raise ValueError(f"pseudobulk: the count blocks cover {seen} cells, obs has {len(obs)}")
     return [tuple(map(str, u)) for u in uniques], X
 
 
 def pseudobulk_for_contrast(
-    adata: ad.AnnData, settings: DESettings, sample_col: str = "sample", batch_col: str | None = "batch"
+    adata: ad.AnnData,
+    settings: DESettings,
+    sample_col: str = "sample",
+    batch_col: str | None = "batch",
+    blocks: Iterable[tuple[int, int, sp.spmatrix]] | None = None,
 ) -> ad.AnnData:
     """Pseudobulk at ``settings.level`` carrying the contrast, pairing and batch columns.
 
@@ -186,6 +206,8 @@ def pseudobulk_for_contrast(
         obs column naming the sample.
     batch_col
         Carried when given and present in obs.
+    blocks
+        The counts by blocks of cells, for an ``adata`` that holds none (see :func:`pseudobulk`).
 
     Returns
     -------
@@ -198,7 +220,7 @@ def pseudobulk_for_contrast(
     for c in settings.contrasts:
         extra += [c.arm_column, *c.covariates]
     meta += [c for c in dict.fromkeys(extra) if c and c in adata.obs.columns and c not in meta]
-    return pseudobulk(adata, settings.level, sample_col=sample_col, layer="counts", meta_columns=meta)
+    return pseudobulk(adata, settings.level, sample_col=sample_col, layer="counts", meta_columns=meta, blocks=blocks)
 
 
 def normalized_pseudobulk(pb_group: ad.AnnData, genes: Sequence[str]) -> pd.DataFrame:
