@@ -324,3 +324,20 @@ def test_clustered_file_is_written_in_blocks_with_the_shifted_log_in_x(samples, 
     assert (clustered.layers["counts"] != reference.layers["counts"]).nnz == 0
     assert list(clustered.obs["leiden_1"].cat.categories) == ["0", "1", "2"]
     assert "X_umap" in clustered.obsm and "connectivities" in clustered.obsp and clustered.var["highly_variable"].all()
+
+
+def test_hvgs_ranked_from_the_file_batch_by_batch_equal_those_in_memory(samples, tmp_path):
+    """embed_merged ranks each batch from its rows in the merged file: the same genes and report as
+    with every cell in memory."""
+    from pbmc_prepost.h5ad import read_h5ad_parts
+
+    path = tmp_path / "merged.h5ad"
+    preprocess.write_merged({s: a.copy() for s, a in samples.items()}, merge_settings(3), path)
+    settings = embed_settings(n_top_genes=500, hvg_batch_key="sample")
+    in_memory = merged_from(samples)
+    report = preprocess.select_hvgs(in_memory, settings)
+    skeleton = read_h5ad_parts(path, x=False)
+    from_file = preprocess.select_hvgs(skeleton, settings, counts_path=path)
+    pd.testing.assert_frame_equal(from_file, report)
+    assert skeleton.var["highly_variable"].equals(in_memory.var["highly_variable"])
+    assert skeleton.var["highly_variable"].sum() == 500

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import anndata as ad
@@ -205,7 +205,7 @@ def normalize(adata: ad.AnnData, target_sum: float | None) -> None:
 HVG_REPORT_COLUMNS = ["batch", "n_cells", "status", "detail"]
 
 
-def select_hvgs(adata: ad.AnnData, settings: EmbedSettings) -> pd.DataFrame:
+def select_hvgs(adata: ad.AnnData, settings: EmbedSettings, counts_path: str | Path | None = None) -> pd.DataFrame:
     """Highly variable genes on raw counts, ignoring genes that only create artefactual structure.
 
     Genes matching ``exclude_patterns`` (mitochondrial, haemoglobin, TCR/BCR V genes ...) are never
@@ -222,6 +222,10 @@ def select_hvgs(adata: ad.AnnData, settings: EmbedSettings) -> pd.DataFrame:
     the only one, it is left out of the ranking; if no batch can be fitted, all cells are ranked
     together. Every fallback is logged and returned.
 
+    With ``counts_path`` (the merged file), ``adata`` holds only obs and var and each batch's counts
+    are read from the file when it is fitted: memory is one batch, not all cells (a ranking of all
+    cells together still reads them all).
+
     Returns
     -------
     pandas.DataFrame
@@ -233,15 +237,23 @@ def select_hvgs(adata: ad.AnnData, settings: EmbedSettings) -> pd.DataFrame:
     pattern = re.compile("|".join(f"(?:{p})" for p in exclude_patterns)) if exclude_patterns else None
     excluded = np.array([bool(pattern.search(g)) for g in adata.var_names]) if pattern else np.zeros(adata.n_vars, bool)
     candidates = adata[:, ~excluded]
+
+    def cells(rows: np.ndarray | None = None) -> ad.AnnData:
+        """The candidate genes' counts of the cells in the boolean mask ``rows`` (None: all)."""
+        if counts_path is None:
+            return candidates if rows is None else candidates[rows]
+        positions = None if rows is None else np.flatnonzero(rows)
+        return read_h5ad_parts(counts_path, x=False, layers=["counts"], genes=candidates.var_names, rows=positions)
+
     n_top = min(n_top_genes, candidates.n_vars)
     if batch_key and candidates.obs[batch_key].nunique() < 2:
         batch_key = None
     if flavor == "seurat_v3" and batch_key:
-        highly_variable, report = _hvgs_per_batch(candidates, n_top, batch_key)
+        highly_variable, report = _hvgs_per_batch(candidates, cells, n_top, batch_key)
     else:
         kwargs = {"layer": "counts"} if flavor == "seurat_v3" else {}
         table = sc.pp.highly_variable_genes(
-            candidates, n_top_genes=n_top, flavor=flavor, batch_key=batch_key, inplace=False, **kwargs
+            cells(), n_top_genes=n_top, flavor=flavor, batch_key=batch_key, inplace=False, **kwargs
         )
         highly_variable = pd.Series(table["highly_variable"].to_numpy(), index=candidates.var_names)
         report = pd.DataFrame(
@@ -296,14 +308,16 @@ def _seurat_v3_variances(adata: ad.AnnData, batch_key: str) -> np.ndarray:
     return variances
 
 
-def _hvgs_per_batch(candidates: ad.AnnData, n_top: int, batch_key: str) -> tuple[pd.Series, pd.DataFrame]:
+def _hvgs_per_batch(
+    candidates: ad.AnnData, cells: Callable[..., ad.AnnData], n_top: int, batch_key: str
+) -> tuple[pd.Series, pd.DataFrame]:
     """seurat_v3 per batch with pooling and fallbacks (see :func:`select_hvgs`)."""
     batches = candidates.obs[batch_key].astype(str)
     variances, rows, failed = [], [], {}
     for batch in sorted(batches.unique()):
         members = (batches == batch).to_numpy()
         try:
-            variances.append(_seurat_v3_variances(candidates[members], batch_key))
+            variances.append(_seurat_v3_variances(cells(members), batch_key))
             rows.append({"batch": batch, "n_cells": int(members.sum()), "status": "own", "detail": ""})
         except ValueError as error:  # skmisc's loess: singular fit on tied means
             failed[batch] = f"{str(error).splitlines()[0][:80]}"
@@ -315,7 +329,7 @@ def _hvgs_per_batch(candidates: ad.AnnData, n_top: int, batch_key: str) -> tuple
     elif failed:
         pool = batches.isin(list(failed)).to_numpy()
         try:
-            variances.append(_seurat_v3_variances(candidates[pool], batch_key))
+            variances.append(_seurat_v3_variances(cells(pool), batch_key))
             status, detail = "pooled", f"fitted together with {', '.join(b for b in failed)} ({int(pool.sum())} cells)"
         except ValueError as error:
             status, detail = "left out", f"pooled fit failed too ({str(error).splitlines()[0][:60]})"
@@ -332,7 +346,7 @@ def _hvgs_per_batch(candidates: ad.AnnData, n_top: int, batch_key: str) -> tuple
     if not variances:
         log.warning("HVG selection: no batch could be fitted on its own or pooled: all cells ranked together")
         table = sc.pp.highly_variable_genes(
-            candidates, n_top_genes=n_top, flavor="seurat_v3", layer="counts", inplace=False
+            cells(), n_top_genes=n_top, flavor="seurat_v3", layer="counts", inplace=False
         )
         report = pd.DataFrame(
             [{"batch": "all", "n_cells": candidates.n_obs, "status": "all cells", "detail": "no batch could be fitted"}]
@@ -396,9 +410,9 @@ def embed(adata: ad.AnnData, settings: EmbedSettings) -> str:
 def embed_merged(path: str | Path, settings: EmbedSettings) -> tuple[ad.AnnData, pd.DataFrame]:
     """HVGs, PCA, optional Harmony, kNN graph and UMAP of the merged object at ``path``.
 
-    One cells x genes matrix is in memory at a time: ``seurat_v3`` ranks genes on the raw counts
-    (other flavours on their shifted-log values); PCA then holds only the highly variable genes'
-    shifted-log values, computed from their counts and the size factors (:func:`shifted_log`).
+    ``seurat_v3`` ranks genes on the raw counts of one batch at a time (other flavours on the
+    shifted-log values of all cells); PCA then holds only the highly variable genes' shifted-log
+    values, computed from their counts and the size factors (:func:`shifted_log`).
 
     Returns
     -------
@@ -408,10 +422,13 @@ def embed_merged(path: str | Path, settings: EmbedSettings) -> tuple[ad.AnnData,
         the kNN graph and the ``uns`` entries of PCA, neighbours and UMAP; and the per-batch
         report of the HVG selection (:func:`select_hvgs`).
     """
-    adata = read_h5ad_parts(path, x=False, layers=["counts"])
-    if settings.hvg_flavor != "seurat_v3":  # these flavours rank genes on the shifted-log values
+    if settings.hvg_flavor == "seurat_v3":  # ranked batch by batch, each batch's counts read in turn
+        adata = read_h5ad_parts(path, x=False)
+        hvg_report = select_hvgs(adata, settings, counts_path=path)
+    else:  # these flavours rank genes on the shifted-log values of all cells
+        adata = read_h5ad_parts(path, x=False, layers=["counts"])
         adata.X = shifted_log(adata.layers.pop("counts"), adata.obs["size_factor"].to_numpy())
-    hvg_report = select_hvgs(adata, settings)
+        hvg_report = select_hvgs(adata, settings)
     chosen = adata.var[["highly_variable", "hvg_excluded"]]
     del adata
     adata = read_h5ad_parts(path, x=False, layers=["counts"], genes=chosen.index[chosen["highly_variable"]])
