@@ -41,11 +41,14 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
 from pbmc_prepost import io as count_io  # noqa: E402
 from pbmc_prepost.simulation.writers import write_10x_h5  # noqa: E402
+from trial_cohort import resample_cohort  # noqa: E402
 
 BIN = Path(sys.executable).parent
 N_DONORS = 8
 N_GENES = 19000  # nearly all protein-coding genes of the simulator's universe (real data: ~20k detected)
 LIBRARY_MEDIAN = 4000.0  # UMIs per cell, typical of 10x 3' v3 PBMC
+#: Sizes from here on are trial cohorts (27 donors x 4 days) resampled from simulated cells.
+TRIAL_MIN_BARCODES = 500_000
 DOUBLET_AND_SIZE_FACTOR = 1.03  # barcodes per requested cell: +5 % doublets, log-normal sizes, empty droplets dropped (1.07 gave 192,687 for 200k)
 
 
@@ -186,6 +189,7 @@ def subsample(source: Path, size: int, workdir: Path) -> Path:
         write_10x_h5(adata, path, compression_level=1)
         paths.append(str(path))
     table["path"] = paths
+    shutil.copytree(source.parent / "counts" / "truth", folder / "counts" / "truth")  # the barcodes are kept
     table.to_csv(folder / "tmp.tsv", sep="\t", index=False)
     (folder / "tmp.tsv").rename(sheet)
     return sheet
@@ -356,6 +360,33 @@ def lineage_accuracy(rundir: Path, truth: Path) -> float | None:
     return float((both["lineage_called"] == both["lineage_true"]).mean()) if len(both) else None
 
 
+#: Planted DE group of the simulator's truth -> the lineages whose DE tables it is planted in.
+PLANTED_LINEAGES = {"T cells (all T subsets)": ("CD4 T", "CD8 T"), "NK": ("NK",), "CD14 mono": ("CD14 mono",)}
+
+
+def de_recall(rundir: Path, truth_json: Path, alpha: float = 0.05) -> tuple[int, int] | None:
+    """Planted genes called (padj < alpha with the planted sign) and planted, over the lineages
+    they are planted in (``truth.json`` ``de_log2fc``; the default contrast post vs pre)."""
+    from pbmc_prepost.design import safe_names
+
+    folder = rundir / "results" / "de" / "post_vs_pre"
+    if not folder.is_dir() or not truth_json.exists():
+        return None
+    planted = json.loads(truth_json.read_text())["de_log2fc"]
+    found = total = 0
+    for group, effects in planted.items():
+        for lineage in PLANTED_LINEAGES.get(group, ()):
+            table_path = folder / f"{safe_names([lineage])[lineage]}.tsv"
+            total += len(effects)
+            if not table_path.exists():
+                continue
+            table = pd.read_csv(table_path, sep="\t").set_index("gene")
+            for gene, log2fc in effects.items():
+                if gene in table.index and table.at[gene, "padj"] < alpha:
+                    found += int((table.at[gene, "log2FoldChange"] > 0) == (log2fc > 0))
+    return found, total
+
+
 def n_barcodes(sheet: Path) -> int:
     """Barcodes in every count file of a sheet (10x .h5: the length of the barcodes dataset)."""
     table = pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False)
@@ -429,11 +460,15 @@ def save_record(path: Path, record: dict) -> None:
     path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
+#: The machine of the rows measured before rows named theirs (2026-11-29).
+OLD_MACHINE = "AMD EPYC; 2 logical CPUs; 23.5 GiB RAM; Python 3.11.7; snakemake 9.27.1, scanpy 1.11.5, anndata 0.12.19"
+
+
 def write_markdown(path: Path, record: dict) -> None:
     """docs/benchmarks.md from the record: every row names the invocation that measured it."""
     rows = sorted(record["rows"].values(), key=lambda r: r["barcodes"])
     runs = [*rows, *([record["speedup"]] if record["speedup"] else [])]
-    invocations = sorted({(r["date"], r["command"], r.get("commit")) for r in runs}, key=str)
+    invocations = sorted({(r["date"], r["command"], r.get("commit"), r.get("machine")) for r in runs}, key=str)
     lines = [
         "# Benchmarks",
         "",
@@ -442,16 +477,18 @@ def write_markdown(path: Path, record: dict) -> None:
         "so each ratio comes from one run; the invocations:",
         "",
         *[
-            f"- {day}: `{command}`" + (f" (code at commit {commit})" if commit else "")
-            for day, command, commit in invocations
+            f"- {day}: `{command}`" + (f" (code at commit {commit})" if commit else "") + f"; {host or OLD_MACHINE}"
+            for day, command, commit, host in invocations
         ],
-        "",
-        f"Machine: {machine()}.",
         "",
         f"Data: the project's simulator (`pbmc_prepost.simulation`), {N_DONORS} donors x pre/post = 16 samples "
         f"as 10x `.h5` files, {N_GENES} genes, median {LIBRARY_MEDIAN:.0f} UMIs per cell, 5 % doublets, "
         "4 % dying cells, ambient RNA, the planted IL-7 effects; the largest dataset is simulated and the "
-        "smaller ones are random subsamples of each of its samples. The workflow runs from scratch with "
+        "smaller ones are random subsamples of each of its samples. From 500,000 barcodes on, a trial "
+        "cohort of 27 donors x 4 sampling days (108 samples) resampled from the 100,000-barcode cells "
+        "(`tools/benchmark/trial_cohort.py`: cells drawn with replacement, each thinned to 75-100 % of its "
+        "UMIs, new barcodes; donors sharing a source donor are not independent, so its DE measures the "
+        "workflow at that size, not power). The workflow runs from scratch with "
         "the default config (QC to enrichment, every cell type) and `--cores 2`; the numba cache is warm "
         "for both contestants.",
         "",
@@ -462,7 +499,9 @@ def write_markdown(path: Path, record: dict) -> None:
         "",
         "Annotation is checked against the simulator's truth in every run: 'lineage accuracy' is the "
         "share of cells kept by QC whose called lineage equals the planted one (doublets that pass QC "
-        "count as errors); 'populations tested for DE' counts the lineages with enough donor pairs.",
+        "count as errors); 'populations tested for DE' counts the lineages with enough donor pairs; "
+        "'DE recall' is the share of the planted genes (IL-7 effects in CD4 T and CD8 T, NK, CD14 mono) "
+        "called at padj < 0.05 with the planted sign.",
         "",
         "Peak memory is the largest summed RSS of each run's process tree, sampled every 0.2 s (for the "
         "workflow: Snakemake plus every job running at that moment); the merged-stage peak is the same "
@@ -471,19 +510,21 @@ def write_markdown(path: Path, record: dict) -> None:
         "",
         "## Whole run",
         "",
-        "| barcodes | cells after QC | lineage accuracy | populations tested for DE | workflow s | workflow peak GiB | merged-stage peak GiB | script s | script peak GiB | workflow / script time | measured |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| barcodes | samples | cells after QC | lineage accuracy | DE recall | populations tested for DE | workflow s | workflow peak GiB | merged-stage peak GiB | script s | script peak GiB | workflow / script time | measured |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         ratio = f"{r['workflow_s'] / r['script_s']:.2f}" if r.get("script_s") else "n/a"
-        script_s = f"{r['script_s']:.0f}" if r.get("script_s") else "not run"
+        script_s = f"{r['script_s']:.0f}" if r.get("script_s") else r.get("script_note", "not run")
+        recall = f"{r['de_recall'][0]}/{r['de_recall'][1]}" if r.get("de_recall") else "n/a"
         script_gib = f"{r['script_gib']:.2f}" if r.get("script_gib") else "n/a"
         cells = f"{r['cells']:,}" if r.get("cells") is not None else "n/a"
         tested = r.get("populations_tested")
         accuracy = f"{r['lineage_accuracy']:.2f}" if r.get("lineage_accuracy") is not None else "n/a"
         merged = f"{r['merged_stage_gib']:.2f}" if r.get("merged_stage_gib") is not None else "n/a"
         lines.append(
-            f"| {r['barcodes']:,} | {cells} | {accuracy} | {tested if tested is not None else 'n/a'} | "
+            f"| {r['barcodes']:,} | {r.get('samples', 16)} | {cells} | {accuracy} | {recall} | "
+            f"{tested if tested is not None else 'n/a'} | "
             f"{r['workflow_s']:.0f} | {r['workflow_gib']:.2f} | {merged} | "
             f"{script_s} | {script_gib} | {ratio} | {r['date']} |"
         )
@@ -580,6 +621,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the single-process script")
     parser.add_argument("--baseline-max", type=int, help="run the single-process script only up to this size")
+    parser.add_argument("--baseline-skipped", help="why the script was not run (shown in the table)")
+    parser.add_argument(
+        "--trial-source",
+        type=int,
+        default=100000,
+        help=f"simulated dataset the trial cohorts (sizes from {TRIAL_MIN_BARCODES:,}) are resampled from",
+    )
     parser.add_argument(
         "--no-warm-up", action="store_true", help="skip compiling numba code first (when .cache/numba is already warm)"
     )
@@ -619,11 +667,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--speedup-size {args.speedup_size} must be one of --sizes (it runs after that size)")
     command = "python tools/benchmark/run_benchmarks.py " + " ".join(argv if argv is not None else sys.argv[1:])
     args.workdir.mkdir(parents=True, exist_ok=True)
-    sizes = sorted(set(args.sizes), reverse=True)
-    # Simulate the largest dataset; the others are subsamples of it.
-    sheets = {sizes[0]: simulate(sizes[0], args.workdir)}
-    for size in sizes[1:]:
-        sheets[size] = subsample(sheets[sizes[0]], size, args.workdir)
+    # Simulate the largest dataset up to TRIAL_MIN_BARCODES; smaller ones are subsamples of it, larger
+    # ones trial cohorts resampled from its cells (tools/benchmark/trial_cohort.py).
+    simulated = sorted({s for s in args.sizes if s < TRIAL_MIN_BARCODES} | {args.trial_source}, reverse=True)
+    sheets = {simulated[0]: simulate(simulated[0], args.workdir)}
+    for size in simulated[1:]:
+        sheets[size] = subsample(sheets[simulated[0]], size, args.workdir)
+    for size in (s for s in args.sizes if s >= TRIAL_MIN_BARCODES):
+        sheets[size] = resample_cohort(sheets[args.trial_source], args.workdir / f"trial_cohort_{size}", size)
     if not args.no_warm_up:
         warm_up(args.workdir, args.cores)
 
@@ -643,17 +694,21 @@ def main(argv: list[str] | None = None) -> None:
         publish()
         return
 
-    truth = args.workdir / f"data_{sizes[0]}" / "counts" / "truth" / "cells.tsv.gz"  # subsamples keep barcodes
     for size in args.sizes:
         sheet = sheets[size]
+        truth = sheet.parent / "counts" / "truth"
         flow = run_workflow(sheet, args.workdir / f"workflow_{size}", args.cores)
         if flow.returncode != 0:
             sys.exit(f"workflow failed at {size} cells, see {flow.log}")
+        recall = de_recall(flow.log.parent, truth / "truth.json")
         result = {
             "barcodes": n_barcodes(sheet),
+            "samples": len(pd.read_csv(sheet, sep="\t")),
+            "machine": machine(),
             "cells": cells_after_qc(flow.log.parent),
             "populations_tested": populations_tested(flow.log.parent),
-            "lineage_accuracy": lineage_accuracy(flow.log.parent, truth),
+            "lineage_accuracy": lineage_accuracy(flow.log.parent, truth / "cells.tsv.gz"),
+            "de_recall": None if recall is None else list(recall),
             "workflow_s": flow.seconds,
             "workflow_gib": flow.peak_rss_gib,
             "merged_stage_gib": merged_stage_peak(flow),
@@ -663,7 +718,9 @@ def main(argv: list[str] | None = None) -> None:
         line = f"{result['barcodes']:>8,} barcodes: workflow {flow.seconds:7.1f} s, peak {flow.peak_rss_gib:5.2f} GiB"
         record["rows"][str(size)] = result
         publish()  # the workflow's row stands even if the script is stopped
-        if not args.no_baseline and (args.baseline_max is None or size <= args.baseline_max):
+        if args.no_baseline or (args.baseline_max is not None and size > args.baseline_max):
+            result["script_note"] = args.baseline_skipped or "not run"
+        else:
             script = run_baseline(sheet, args.workdir / f"baseline_{size}")
             if script.returncode != 0:
                 sys.exit(f"baseline script failed at {size} cells, see {script.log}")

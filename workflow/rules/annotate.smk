@@ -43,7 +43,7 @@ rule annotate_cells:
         ENV
     threads: 1
     resources:
-        mem_mb=scaled(1500, per_input_mb=0.8),
+        mem_mb=scaled(1500, per_input_mb=0.15),
         runtime=runtime_min(10, per_input_mb=0.01),
     params:
         settings=SETTINGS.annotation,

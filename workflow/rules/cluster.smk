@@ -15,7 +15,7 @@ rule merge_samples:
         ENV
     threads: 1
     resources:
-        mem_mb=scaled(2000, per_input_mb=4),
+        mem_mb=scaled(1000, per_input_mb=0.1),
         runtime=runtime_min(10, per_input_mb=0.02),
     params:
         settings=SETTINGS.merge,
@@ -37,7 +37,7 @@ rule embed_cells:
         ENV
     threads: 2
     resources:
-        mem_mb=scaled(2000, per_input_mb=1.4),
+        mem_mb=scaled(1500, per_input_mb=0.7),
         runtime=runtime_min(15, per_input_mb=0.02),
     params:
         settings=SETTINGS.embed,
@@ -81,7 +81,7 @@ rule assemble_clustered:
         ENV
     threads: 1
     resources:
-        mem_mb=scaled(1500, per_input_mb=1.2),
+        mem_mb=scaled(1500, per_input_mb=0.3),
         runtime=runtime_min(10, per_input_mb=0.01),
     script:
         "../scripts/assemble_clustered.py"
@@ -113,7 +113,7 @@ rule find_cluster_markers:
         ENV
     threads: 1
     resources:
-        mem_mb=scaled(1500, per_input_mb=0.8),
+        mem_mb=scaled(1500, per_input_mb=0.15),
         runtime=runtime_min(15, per_input_mb=0.02),
     params:
         settings=SETTINGS.markers,
@@ -152,7 +152,7 @@ rule plot_umaps:
         ENV
     threads: 1
     resources:
-        mem_mb=scaled(1000, per_input_mb=0.5),
+        mem_mb=scaled(1000, per_input_mb=0.1),
         runtime=runtime_min(10),
     params:
         settings=SETTINGS.figures,

@@ -164,8 +164,10 @@ def scaled(base_mb, per_input_mb=0.0):
     """Memory (MB) from the input size, scaled by config resources.scale and grown on every retry
     by resources.retry_growth times the first attempt's.
 
-    The per-MB coefficients of the heavy rules are fitted to the peaks measured at 100k and 200k
-    cells (docs/benchmarks.md): the first attempt declares at least 1.15x the measured peak.
+    The per-MB coefficients of the heavy rules are fitted to the peaks measured at 100k and 860k
+    cells (docs/benchmarks.md): the first attempt declares at least 1.15x the measured peak. The
+    merged-stage steps that stream their matrices (merge, assemble, markers, annotation,
+    pseudobulk, figures) grow with the cells' obs and graph, not with the file they read.
     `python tools/benchmark/check_resources.py .benchmark-runs/workflow_*` compares them again.
     """
 

@@ -23,7 +23,7 @@ checkpoint pseudobulk_cells:
         ENV
     threads: 1
     resources:
-        mem_mb=scaled(1500, per_input_mb=0.8),
+        mem_mb=scaled(1500, per_input_mb=0.2),
         runtime=runtime_min(10, per_input_mb=0.01),
     params:
         settings=SETTINGS.de,

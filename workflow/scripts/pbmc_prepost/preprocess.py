@@ -378,6 +378,7 @@ def embed(adata: ad.AnnData, settings: EmbedSettings) -> str:
     seed, integration, batch_key = settings.seed, settings.integration, settings.integration_key
     n_comps = int(min(settings.n_comps, adata.n_obs - 1, int(adata.var["highly_variable"].sum()) - 1))
     sc.pp.pca(adata, n_comps=n_comps, mask_var="highly_variable", random_state=seed)
+    log.info("PCA: %d components of %d cells x %d genes", n_comps, adata.n_obs, int(adata.var["highly_variable"].sum()))
     use_rep = "X_pca"
     if integration == "harmony":
         if adata.obs[batch_key].nunique() < 2:
@@ -403,7 +404,9 @@ def embed(adata: ad.AnnData, settings: EmbedSettings) -> str:
     sc.pp.neighbors(
         adata, n_neighbors=settings.n_neighbors, n_pcs=min(settings.n_pcs, n_comps), use_rep=use_rep, random_state=seed
     )
+    log.info("kNN graph: %d neighbours on %s", settings.n_neighbors, use_rep)
     sc.tl.umap(adata, min_dist=settings.umap_min_dist, random_state=seed)
+    log.info("UMAP done")
     return use_rep
 
 
