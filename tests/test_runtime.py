@@ -153,3 +153,26 @@ def test_jobs_run_the_pinned_blas_kernels_and_provenance_says_which():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     rows = json.loads(out)
     assert rows and all(row["version"].endswith(" Haswell") for row in rows), rows
+
+
+def test_functions_compiled_at_import_are_cached_and_njit_is_restored():
+    """pynndescent compiles its typed kernels while it is imported; they are cached from then on."""
+    import numba
+
+    from pbmc_prepost.runtime import _numba_cache_by_default
+
+    original = numba.njit
+    with _numba_cache_by_default():
+        assert numba.njit is not original
+
+        @numba.njit("float64(float64)")  # typed: compiled here, as pynndescent's kernels are
+        def double(x):
+            return 2 * x
+
+        @numba.njit(cache=False)  # a module that says otherwise keeps its choice
+        def triple(x):
+            return 3 * x
+
+    assert numba.njit is original
+    assert double._cache.__class__.__name__ != "NullCache" and double(2.0) == 4.0
+    assert triple._cache.__class__.__name__ == "NullCache"

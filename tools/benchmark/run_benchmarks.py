@@ -39,9 +39,10 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
+from trial_cohort import resample_cohort  # noqa: E402
+
 from pbmc_prepost import io as count_io  # noqa: E402
 from pbmc_prepost.simulation.writers import write_10x_h5  # noqa: E402
-from trial_cohort import resample_cohort  # noqa: E402
 
 BIN = Path(sys.executable).parent
 N_DONORS = 8

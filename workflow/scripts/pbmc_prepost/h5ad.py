@@ -85,6 +85,21 @@ def read_h5ad_parts(
         )
 
 
+def read_matrix(
+    path: str | Path, element: str, rows: np.ndarray | None = None, genes: Sequence[str] | None = None
+) -> sp.csr_matrix:
+    """Some ``rows`` (sorted positions) and ``genes`` of one stored matrix, without obs: a step that
+    visits the cells batch by batch reads each batch's rows and not the cells' table every time."""
+    from anndata.io import read_elem
+
+    with h5py.File(path, "r") as handle:
+        columns = None
+        if genes is not None:
+            columns = np.flatnonzero(read_elem(handle["var"]).index.isin(list(genes)))
+        rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        return _read_part(handle[element], rows, columns)
+
+
 def iter_row_blocks(
     path: str | Path, element: str, genes: Sequence[str] | None = None, size: int | None = None
 ) -> Iterator[tuple[int, int, sp.csr_matrix]]:

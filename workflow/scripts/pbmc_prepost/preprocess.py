@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pbmc_prepost.h5ad import read_h5ad_parts
+from pbmc_prepost.h5ad import read_h5ad_parts, read_matrix
 from pbmc_prepost.runtime import import_scanpy
 from pbmc_prepost.settings import EmbedSettings, MergeSettings
 
@@ -243,7 +243,9 @@ def select_hvgs(adata: ad.AnnData, settings: EmbedSettings, counts_path: str | P
         if counts_path is None:
             return candidates if rows is None else candidates[rows]
         positions = None if rows is None else np.flatnonzero(rows)
-        return read_h5ad_parts(counts_path, x=False, layers=["counts"], genes=candidates.var_names, rows=positions)
+        part = candidates if rows is None else candidates[rows]
+        counts = read_matrix(counts_path, "layers/counts", positions, genes=candidates.var_names)
+        return ad.AnnData(obs=part.obs, var=part.var, layers={"counts": counts})
 
     n_top = min(n_top_genes, candidates.n_vars)
     if batch_key and candidates.obs[batch_key].nunique() < 2:
@@ -405,8 +407,12 @@ def embed(adata: ad.AnnData, settings: EmbedSettings) -> str:
         adata, n_neighbors=settings.n_neighbors, n_pcs=min(settings.n_pcs, n_comps), use_rep=use_rep, random_state=seed
     )
     log.info("kNN graph: %d neighbours on %s", settings.n_neighbors, use_rep)
-    sc.tl.umap(adata, min_dist=settings.umap_min_dist, random_state=seed)
-    log.info("UMAP done")
+    init = "spectral"
+    if adata.n_obs > settings.umap_spectral_max_cells:  # the spectral layout's eigensolver: minutes
+        init = np.ascontiguousarray(adata.obsm[use_rep][:, :2], dtype=np.float32)
+    sc.tl.umap(adata, min_dist=settings.umap_min_dist, random_state=seed, init_pos=init)
+    adata.uns["umap"]["init"] = "spectral" if isinstance(init, str) else f"{use_rep}[:, :2]"
+    log.info("UMAP done (layout started from %s)", adata.uns["umap"]["init"])
     return use_rep
 
 

@@ -128,6 +128,7 @@ class EmbedSettings(NamedTuple):
     n_neighbors: int
     n_pcs: int
     umap_min_dist: float
+    umap_spectral_max_cells: int
     seed: int
 
     @classmethod
@@ -146,6 +147,7 @@ class EmbedSettings(NamedTuple):
             config["neighbors"]["n_neighbors"],
             config["neighbors"]["n_pcs"],
             config["umap"]["min_dist"],
+            config["umap"]["spectral_max_cells"],
             config["seed"],
         )
 
