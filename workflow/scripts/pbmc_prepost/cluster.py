@@ -165,27 +165,28 @@ def write_clustered(merged_path: str | Path, embedding: ad.AnnData, clusters: pd
     """``results/merged/clustered.h5ad``: the merged counts, their shifted-log values in ``X``, the
     embedding and the Leiden columns, written block by block of cells.
 
-    The counts are copied on disk and ``X`` is computed from them one block of rows at a time
-    (:func:`pbmc_prepost.preprocess.shifted_log`), so memory holds one block, not the matrices.
+    The counts and ``X`` (computed from them, :func:`pbmc_prepost.preprocess.shifted_log`) are
+    written one block of rows at a time, so memory holds one block, not the matrices. (HDF5's own
+    copy of the counts group crashed the job with a segmentation fault at 760k cells.)
     """
     import h5py
 
-    from pbmc_prepost.h5ad import CsrWriter, iter_row_blocks, read_h5ad_parts
+    from pbmc_prepost.h5ad import CsrWriter, dict_group, iter_row_blocks, read_h5ad_parts
     from pbmc_prepost.preprocess import shifted_log
 
     skeleton = read_h5ad_parts(merged_path, x=False)
     attach_clustering(skeleton, embedding, clusters)
     skeleton.write_h5ad(path)
     factors = skeleton.obs["size_factor"].to_numpy()
-    with h5py.File(merged_path, "r") as source, h5py.File(path, "r+") as target:
-        if "counts" in target["layers"]:
-            del target["layers/counts"]
-        source.copy(source["layers/counts"], target["layers"], "counts")
-        if "X" in target:
-            del target["X"]
-        writer = CsrWriter(target, "X")
+    with h5py.File(path, "r+") as target:
+        layers = dict_group(target, "layers")
+        for group, name in ((layers, "counts"), (target, "X")):
+            if name in group:
+                del group[name]
+        counts, logged = CsrWriter(layers, "counts"), CsrWriter(target, "X")
         for start, stop, block in iter_row_blocks(merged_path, "layers/counts"):
-            writer.append(shifted_log(block, factors[start:stop]))
+            counts.append(block)
+            logged.append(shifted_log(block, factors[start:stop]))
 
 
 def attach_clustering(adata: ad.AnnData, embedding: ad.AnnData, clusters: pd.DataFrame) -> None:
