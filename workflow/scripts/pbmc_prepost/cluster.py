@@ -166,8 +166,9 @@ def write_clustered(merged_path: str | Path, embedding: ad.AnnData, clusters: pd
     embedding and the Leiden columns, written block by block of cells.
 
     The counts and ``X`` (computed from them, :func:`pbmc_prepost.preprocess.shifted_log`) are
-    written one block of rows at a time, so memory holds one block, not the matrices. (HDF5's own
-    copy of the counts group crashed the job with a segmentation fault at 760k cells.)
+    written one block of rows at a time, so memory holds one block, not the matrices. The file is
+    about twice the merged one (23 GB at 760k cells): HDF5 dies with a segmentation fault, not an
+    error, when the disk fills while it writes.
     """
     import h5py
 
