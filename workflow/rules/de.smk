@@ -19,6 +19,8 @@ checkpoint pseudobulk_cells:
         "logs/pseudobulk_cells.log",
     benchmark:
         "benchmarks/pseudobulk_cells.tsv"
+    # On the critical path to the DE: before the module scores and markers that could run beside it.
+    priority: 10
     conda:
         ENV
     threads: 1
@@ -62,6 +64,8 @@ rule fit_de:
         "logs/fit_de/{population}.log",
     benchmark:
         "benchmarks/fit_de/{population}.tsv"
+    # On the critical path to the DE: before the module scores and markers that could run beside it.
+    priority: 10
     conda:
         ENV
     threads: 1

@@ -154,6 +154,8 @@ rule estimate_ambient:
         "logs/estimate_ambient.log",
     benchmark:
         "benchmarks/estimate_ambient.tsv"
+    # On the critical path to the DE: before the module scores and markers that could run beside it.
+    priority: 10
     conda:
         ENV
     threads: 1

@@ -403,10 +403,16 @@ def embed(adata: ad.AnnData, settings: EmbedSettings) -> str:
             adata.obsm["X_pca_harmony"] = corrected.astype(np.float32)
             use_rep = "X_pca_harmony"
             log.info("harmony on '%s' (%d levels)", batch_key, adata.obs[batch_key].nunique())
+    exact = adata.n_obs <= settings.exact_neighbors_max_cells
     sc.pp.neighbors(
-        adata, n_neighbors=settings.n_neighbors, n_pcs=min(settings.n_pcs, n_comps), use_rep=use_rep, random_state=seed
+        adata,
+        n_neighbors=settings.n_neighbors,
+        n_pcs=min(settings.n_pcs, n_comps),
+        use_rep=use_rep,
+        random_state=seed,
+        transformer="sklearn" if exact else None,
     )
-    log.info("kNN graph: %d neighbours on %s", settings.n_neighbors, use_rep)
+    log.info("kNN graph: %d neighbours on %s (%s)", settings.n_neighbors, use_rep, "exact" if exact else "pynndescent")
     init = "spectral"
     if adata.n_obs > settings.umap_spectral_max_cells:  # the spectral layout's eigensolver: minutes
         init = np.ascontiguousarray(adata.obsm[use_rep][:, :2], dtype=np.float32)

@@ -127,6 +127,7 @@ class EmbedSettings(NamedTuple):
     harmony_max_iter: int
     n_neighbors: int
     n_pcs: int
+    exact_neighbors_max_cells: int
     umap_min_dist: float
     umap_spectral_max_cells: int
     seed: int
@@ -146,6 +147,7 @@ class EmbedSettings(NamedTuple):
             integration["max_iter"],
             config["neighbors"]["n_neighbors"],
             config["neighbors"]["n_pcs"],
+            config["neighbors"]["exact_max_cells"],
             config["umap"]["min_dist"],
             config["umap"]["spectral_max_cells"],
             config["seed"],
