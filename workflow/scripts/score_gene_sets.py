@@ -1,7 +1,5 @@
 """Snakemake adapter: per-cell module scores averaged per donor x timepoint x population; paired test."""
 
-import pandas as pd
-
 from pbmc_prepost import module_scores
 from pbmc_prepost.annotation_checks import population_notes
 from pbmc_prepost.genesets import read_gene_sets
@@ -15,7 +13,7 @@ settings = smk.params.settings
 log = start_job(smk.log[0], smk.threads, settings.seed)
 library = read_gene_sets(smk.input.gmt, smk.input.set_metadata or None)
 # Only the genes scoring reads (members and their control genes), drawn from every gene's mean.
-means = pd.Series(column_means(smk.input.h5ad, "X"), index=read_h5ad_parts(smk.input.h5ad, x=False).var_names)
+means = column_means(smk.input.h5ad, "X")
 genes = module_scores.genes_to_score(library, means, settings.min_genes, settings.seed)
 adata = read_h5ad_parts(smk.input.h5ad, genes=genes)  # their log-normalized X only
 attach_cell_labels(adata, smk.input.cells, [settings.level])

@@ -8,6 +8,7 @@ from pathlib import Path
 import anndata
 import h5py
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 #: Rows of a matrix read (or written) at a time when only some genes or rows are wanted, or when a
@@ -126,8 +127,10 @@ def iter_row_blocks(
             yield start, stop, block if columns is None else block[:, columns]
 
 
-def column_means(path: str | Path, element: str = "X") -> np.ndarray:
-    """Mean of every column of a stored CSR matrix over all rows, summed in float64 block by block."""
+def column_means(path: str | Path, element: str = "X") -> pd.Series:
+    """Mean of every column (gene) of a stored CSR matrix over all rows, summed in float64 block by block."""
+    from anndata.io import read_elem
+
     total, n_rows = None, 0
     for _, stop, block in iter_row_blocks(path, element):
         sums = np.asarray(block.sum(axis=0, dtype="float64")).ravel()
@@ -135,7 +138,9 @@ def column_means(path: str | Path, element: str = "X") -> np.ndarray:
         n_rows = stop
     if total is None:
         raise ValueError(f"{path}: {element} has no rows")
-    return total / n_rows
+    with h5py.File(path, "r") as handle:
+        genes = read_elem(handle["var"]).index
+    return pd.Series(total / n_rows, index=genes)
 
 
 def _row_range(group: h5py.Group, indptr: np.ndarray, start: int, stop: int, n_cols: int) -> sp.csr_matrix:

@@ -43,7 +43,7 @@ def _mean_over(X, axis: int, columns: np.ndarray | None = None) -> np.ndarray:
     return np.nanmean(part, axis=axis, dtype=None if axis == 0 else "float64")
 
 
-def expression_bins(X, var_names: pd.Index, n_bins: int = 25, means: pd.Series | None = None) -> pd.Series:
+def expression_bins(X, var_names: pd.Index, n_bins: int = 25) -> pd.Series:
     """Expression bin of every gene, as scanpy's ``score_genes`` cuts the gene pool.
 
     Genes are ranked by mean expression over all cells and cut into ``n_bins`` - 1 equal-sized
@@ -57,17 +57,17 @@ def expression_bins(X, var_names: pd.Index, n_bins: int = 25, means: pd.Series |
         Gene names of the columns of ``X``.
     n_bins
         scanpy's ``n_bins``.
-    means
-        Every gene's mean over all cells, when ``X`` holds only some genes or is on disk
-        (``X`` and ``var_names`` are then not used).
 
     Returns
     -------
     pandas.Series
         Bin per gene (index: gene names; genes whose mean is not finite left out).
     """
-    if means is None:
-        means = pd.Series(_mean_over(X, axis=0), index=var_names)
+    return bins_of_means(pd.Series(_mean_over(X, axis=0), index=var_names), n_bins)
+
+
+def bins_of_means(means: pd.Series, n_bins: int = 25) -> pd.Series:
+    """:func:`expression_bins` from every gene's mean (index: gene names), for data on disk."""
     means = pd.Series(means.to_numpy(), index=pd.Index(means.index, dtype="string"))
     means = means[np.isfinite(means)]
     n_items = int(np.round(len(means) / (n_bins - 1)))
@@ -130,7 +130,7 @@ def control_genes(bins: pd.Series, gene_list: pd.Index, ctrl_size: int = 50, ran
 def genes_to_score(library: GeneSetLibrary, means: pd.Series, min_genes: int = 3, seed: int = 0) -> list[str]:
     """Every gene :func:`module_scores` reads for ``library``: the members present and their
     control genes, from every gene's mean (``means``); the rest of the matrix can stay on disk."""
-    bins = expression_bins(None, None, means=means)
+    bins = bins_of_means(means)
     needed: set[str] = set()
     for genes in library.sets.values():
         present = [g for g in genes if g in bins.index]
@@ -180,7 +180,7 @@ def module_scores(
     seed
         ``random_state`` of the control-gene draw.
     means
-        Every gene's mean over all cells (:func:`expression_bins`), for an ``adata`` that holds
+        Every gene's mean over all cells (:func:`bins_of_means`), for an ``adata`` that holds
         only the genes scoring reads (:func:`genes_to_score`).
 
     Returns
@@ -231,7 +231,7 @@ def module_scores(
     var_names = pd.Index(adata.var_names.astype(str))
     # The expression bins depend only on the data: computed once for all sets (scanpy recomputes
     # them, with two copies of X, for every set).
-    bins = expression_bins(X, var_names, means=means)
+    bins = expression_bins(X, var_names) if means is None else bins_of_means(means)
     skipped: dict[str, str] = {}
     per_cell = {}
     for name, genes in library.sets.items():
