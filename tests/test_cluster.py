@@ -192,6 +192,22 @@ def test_harmony_mixes_a_technical_batch_and_clusters_find_cell_types(samples):
     assert adjusted_rand_score(truth, labels) > 0.6
 
 
+def test_large_cohort_layout_starts_from_the_pcs_with_fewer_epochs(samples):
+    """Above umap.spectral_max_cells the layout starts from PC 1-2 and runs umap.large_n_epochs;
+    cell types still sit apart in it (display only, but it must not be noise)."""
+    merged = merged_from(samples)
+    settings = embed_settings(
+        n_top_genes=500, hvg_batch_key=None, n_pcs=20, umap_spectral_max_cells=10, umap_large_n_epochs=30
+    )
+    preprocess.select_hvgs(merged, settings)
+    preprocess.embed(merged, settings)
+    assert merged.uns["umap"]["init"] == "X_pca[:, :2]" and merged.uns["umap"]["n_epochs"] == 30
+    truth = pd.concat([a.obs["cell_type"] for a in samples.values()]).loc[merged.obs_names].to_numpy()
+    layout = merged.obsm["X_umap"]
+    neighbours = NearestNeighbors(n_neighbors=11).fit(layout).kneighbors(layout, return_distance=False)[:, 1:]
+    assert (truth[neighbours] == truth[:, None]).mean() > 0.8
+
+
 def test_harmony_with_one_batch_is_skipped(samples):
     merged = merged_from(samples)
     merged.obs["batch"] = "only"
@@ -324,6 +340,20 @@ def test_clustered_file_is_written_in_blocks_with_the_shifted_log_in_x(samples, 
     assert (clustered.layers["counts"] != reference.layers["counts"]).nnz == 0
     assert list(clustered.obs["leiden_1"].cat.categories) == ["0", "1", "2"]
     assert "X_umap" in clustered.obsm and "connectivities" in clustered.obsp and clustered.var["highly_variable"].all()
+
+
+def test_too_little_free_disk_stops_before_the_clustered_file_is_written(tmp_path, monkeypatch):
+    """HDF5 crashes without a message when the disk fills: the check names the file and the space."""
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(10**12, 10**12 - 10**9, 10**9))
+    target = tmp_path / "merged" / "clustered.h5ad"
+    with pytest.raises(OSError, match=r"clustered.h5ad: about 5.0 GB are needed .* 1.0 GB free"):
+        cluster.check_free_disk(target, 5 * 10**9)
+    cluster.check_free_disk(target, 10**8)  # enough room: no error
+    assert not target.exists()
 
 
 def test_hvgs_ranked_from_the_file_batch_by_batch_equal_those_in_memory(samples, tmp_path):

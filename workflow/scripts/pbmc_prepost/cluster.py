@@ -175,6 +175,7 @@ def write_clustered(merged_path: str | Path, embedding: ad.AnnData, clusters: pd
     from pbmc_prepost.h5ad import CsrWriter, dict_group, iter_row_blocks, read_h5ad_parts
     from pbmc_prepost.preprocess import shifted_log
 
+    check_free_disk(path, 2 * Path(merged_path).stat().st_size)
     skeleton = read_h5ad_parts(merged_path, x=False)
     attach_clustering(skeleton, embedding, clusters)
     skeleton.write_h5ad(path)
@@ -188,6 +189,21 @@ def write_clustered(merged_path: str | Path, embedding: ad.AnnData, clusters: pd
         for start, stop, block in iter_row_blocks(merged_path, "layers/counts"):
             counts.append(block)
             logged.append(shifted_log(block, factors[start:stop]))
+
+
+def check_free_disk(path: str | Path, needed_bytes: int) -> None:
+    """Raise before writing ``path`` if its file system has less than ``needed_bytes`` free."""
+    import shutil
+
+    folder = Path(path).resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise OSError(
+            f"{path}: about {needed_bytes / 1e9:.1f} GB are needed to write it and {folder} has "
+            f"{free / 1e9:.1f} GB free; free space there or run the workflow from a larger disk "
+            "(HDF5 crashes without an error when the disk fills while it writes)"
+        )
 
 
 def attach_clustering(adata: ad.AnnData, embedding: ad.AnnData, clusters: pd.DataFrame) -> None:
