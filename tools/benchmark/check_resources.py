@@ -63,8 +63,13 @@ def declared(rundir: Path, sheet: Path) -> pd.DataFrame:
 
 
 def benchmark_sheet(rundir: Path) -> Path:
-    """The sheet of a harness run: ``workflow_N`` ran on ``data_N/samples.tsv`` beside it."""
-    return rundir.parent / rundir.name.replace("workflow_", "data_") / "samples.tsv"
+    """The sheet of a harness run: ``workflow_N`` ran on ``data_N/samples.tsv`` beside it, or on
+    ``trial_cohort_N/samples.tsv`` for the trial-sized cohorts."""
+    for prefix in ("data_", "trial_cohort_"):
+        sheet = rundir.parent / rundir.name.replace("workflow_", prefix) / "samples.tsv"
+        if sheet.exists():
+            return sheet
+    sys.exit(f"{rundir}: no data_* or trial_cohort_* folder with samples.tsv beside it")
 
 
 def compare(rundir: Path, sheet: Path) -> pd.DataFrame:

@@ -529,14 +529,21 @@ def write_markdown(path: Path, record: dict) -> None:
             f"{r['workflow_s']:.0f} | {r['workflow_gib']:.2f} | {merged} | "
             f"{script_s} | {script_gib} | {ratio} | {r['date']} |"
         )
-    sizes = [r["barcodes"] for r in rows]
-    time_exp = scaling_exponent(sizes, [r["workflow_s"] for r in rows])
-    mem_exp = scaling_exponent(sizes, [r["workflow_gib"] for r in rows])
+    # One machine and code generation only: rows of an older version would bend the slope.
+    newest = max(rows, key=lambda r: r["date"]) if rows else None
+    fitted = [r for r in rows if newest and r.get("machine") == newest.get("machine")]
+    sizes = [r["barcodes"] for r in fitted]
+    time_exp = scaling_exponent(sizes, [r["workflow_s"] for r in fitted])
+    mem_exp = scaling_exponent(sizes, [r["workflow_gib"] for r in fitted])
+    merged_exp = scaling_exponent(sizes, [r["merged_stage_gib"] for r in fitted])
     if time_exp is not None:
+        left_out = sorted({r["date"] for r in rows if r not in fitted})
         lines += [
             "",
-            f"Scaling of the workflow with cells (slope of a log-log fit over these sizes; 1 = linear): "
-            f"time {time_exp:.2f}, peak memory {mem_exp:.2f}.",
+            f"Scaling of the workflow with cells (slope of a log-log fit; 1 = linear) over the rows measured "
+            f"on the newest row's machine ({', '.join(f'{s:,}' for s in sizes)} barcodes): time {time_exp:.2f}, "
+            f"peak memory {mem_exp:.2f}, merged-stage peak {merged_exp:.2f}"
+            + (f"; rows of {', '.join(left_out)} (another machine and version) left out." if left_out else "."),
         ]
     speedup = record["speedup"]
     if speedup:

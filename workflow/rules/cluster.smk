@@ -58,7 +58,7 @@ rule cluster_cells:
         ENV
     threads: 1
     resources:
-        mem_mb=scaled(1500, per_input_mb=3),
+        mem_mb=scaled(1500, per_input_mb=6.5),
         runtime=runtime_min(10, per_input_mb=0.05),
     params:
         settings=SETTINGS.cluster,

@@ -413,15 +413,95 @@ def embed(adata: ad.AnnData, settings: EmbedSettings) -> str:
         transformer="sklearn" if exact else None,
     )
     log.info("kNN graph: %d neighbours on %s (%s)", settings.n_neighbors, use_rep, "exact" if exact else "pynndescent")
-    init, n_epochs = "spectral", None  # None: umap-learn's own (500 epochs to 10,000 cells, 200 above)
-    if adata.n_obs > settings.umap_spectral_max_cells:  # the spectral layout's eigensolver: minutes
-        init = np.ascontiguousarray(adata.obsm[use_rep][:, :2], dtype=np.float32)
-        n_epochs = settings.umap_large_n_epochs  # each epoch visits every edge: minutes at 10^6 cells
-    sc.tl.umap(adata, min_dist=settings.umap_min_dist, random_state=seed, init_pos=init, maxiter=n_epochs)
-    adata.uns["umap"]["init"] = "spectral" if isinstance(init, str) else f"{use_rep}[:, :2]"
-    adata.uns["umap"]["n_epochs"] = "umap-learn default" if n_epochs is None else int(n_epochs)
-    log.info("UMAP done (layout started from %s, %s epochs)", adata.uns["umap"]["init"], adata.uns["umap"]["n_epochs"])
+    layout(adata, use_rep, settings)
     return use_rep
+
+
+def layout(adata: ad.AnnData, use_rep: str, settings: EmbedSettings) -> None:
+    """UMAP of ``adata`` into ``obsm["X_umap"]`` (display only; clusters come from the graph).
+
+    Up to ``settings.umap_fit_max_cells`` cells, UMAP of every cell on the kNN graph. Above, the
+    layout is fitted on that many cells drawn in proportion to each sample (their own kNN graph on
+    the same representation) and every other cell is placed on it from the full graph
+    (:func:`place_on_layout`): one layout epoch visits every edge, so a million cells took minutes
+    per 20 epochs. ``uns["umap"]`` records the start, the epochs and the cells fitted.
+    """
+    n_obs, fit_max = adata.n_obs, settings.umap_fit_max_cells
+    fitted = np.ones(n_obs, dtype=bool)
+    if 0 < fit_max < n_obs:
+        fitted[proportional_subsample(adata.obs["sample"], fit_max, settings.seed)] = False
+        fitted = ~fitted
+    target = adata
+    if not fitted.all():
+        target = ad.AnnData(obs=adata.obs.iloc[np.flatnonzero(fitted)][[]].copy())
+        target.obsm[use_rep] = np.asarray(adata.obsm[use_rep])[fitted]
+        n_pcs = min(settings.n_pcs, target.obsm[use_rep].shape[1])  # as the full graph (embed)
+        exact = target.n_obs <= settings.exact_neighbors_max_cells
+        sc.pp.neighbors(
+            target,
+            n_neighbors=settings.n_neighbors,
+            n_pcs=n_pcs,
+            use_rep=use_rep,
+            random_state=settings.seed,
+            transformer="sklearn" if exact else None,
+        )
+    init = "spectral"
+    if target.n_obs > settings.umap_spectral_max_cells:  # ARPACK on the kNN graph: minutes at 10^6 cells
+        init = np.ascontiguousarray(target.obsm[use_rep][:, :2], dtype=np.float32)
+    sc.tl.umap(target, min_dist=settings.umap_min_dist, random_state=settings.seed, init_pos=init)
+    uns = dict(target.uns["umap"])
+    uns["init"] = "spectral" if isinstance(init, str) else f"{use_rep}[:, :2]"
+    uns["fitted_cells"] = int(fitted.sum())
+    if target is not adata:
+        adata.obsm["X_umap"] = place_on_layout(adata.obsp["connectivities"], fitted, target.obsm["X_umap"])
+    adata.uns["umap"] = uns
+    log.info(
+        "UMAP fitted on %d of %d cells (layout started from %s)%s",
+        uns["fitted_cells"],
+        n_obs,
+        uns["init"],
+        "; the others placed from the kNN graph" if target is not adata else "",
+    )
+
+
+def proportional_subsample(labels: pd.Series, total: int, seed: int) -> np.ndarray:
+    """Sorted positions of about ``total`` cells drawn at random, each label in proportion to its size
+    (at least one cell of every label)."""
+    rng = np.random.default_rng(seed)
+    codes = pd.Categorical(labels).codes
+    share = total / len(codes)
+    chosen = []
+    for code in np.unique(codes):
+        members = np.flatnonzero(codes == code)
+        take = min(len(members), max(1, round(len(members) * share)))
+        chosen.append(rng.choice(members, take, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def place_on_layout(graph: sp.spmatrix, fitted: np.ndarray, fitted_layout: np.ndarray) -> np.ndarray:
+    """Layout of every cell: fitted cells keep ``fitted_layout``, every other cell goes to the mean
+    of its placed neighbours' positions weighted by the graph's edge weights.
+
+    Cells none of whose neighbours is fitted are placed in later rounds, from neighbours placed
+    before them; cells with no path to a fitted cell (a component of the graph without one) go to
+    the centre of the fitted layout, and are counted in the log.
+    """
+    graph = sp.csr_matrix(graph)
+    positions = np.zeros((graph.shape[0], 2), dtype=np.float64)
+    positions[fitted] = fitted_layout
+    placed = fitted.copy()
+    while not placed.all():
+        todo = np.flatnonzero(~placed)
+        weights = graph[todo][:, placed]
+        total = np.asarray(weights.sum(axis=1)).ravel()
+        reached = total > 0
+        if not reached.any():
+            log.warning("UMAP: %d cells have no path to a fitted cell: placed at the layout's centre", len(todo))
+            positions[todo] = fitted_layout.mean(axis=0)
+            break
+        positions[todo[reached]] = (weights[reached] @ positions[placed]) / total[reached, None]
+        placed[todo[reached]] = True
+    return positions.astype(np.float32)
 
 
 def embed_merged(path: str | Path, settings: EmbedSettings) -> tuple[ad.AnnData, pd.DataFrame]:

@@ -130,7 +130,7 @@ class EmbedSettings(NamedTuple):
     exact_neighbors_max_cells: int
     umap_min_dist: float
     umap_spectral_max_cells: int
-    umap_large_n_epochs: int
+    umap_fit_max_cells: int
     seed: int
 
     @classmethod
@@ -151,7 +151,7 @@ class EmbedSettings(NamedTuple):
             config["neighbors"]["exact_max_cells"],
             config["umap"]["min_dist"],
             config["umap"]["spectral_max_cells"],
-            config["umap"]["large_n_epochs"],
+            config["umap"]["fit_max_cells"],
             config["seed"],
         )
 
