@@ -192,6 +192,31 @@ def test_harmony_mixes_a_technical_batch_and_clusters_find_cell_types(samples):
     assert adjusted_rand_score(truth, labels) > 0.6
 
 
+def test_leiden_labels_equal_scanpys_at_every_resolution(samples):
+    """cluster() builds igraph's graph once, from arrays: the labels are sc.tl.leiden's, renumbered."""
+    import scanpy as sc
+
+    merged = merged_from(samples)
+    settings = embed_settings(n_top_genes=500, hvg_batch_key=None, n_pcs=20)
+    preprocess.select_hvgs(merged, settings)
+    preprocess.embed(merged, settings)
+    clustering = settings_of(ClusterSettings, resolutions=(0.3, 1.0, 2.0), n_iterations=2)
+    keys = cluster.cluster(merged, clustering)
+    for key, resolution in zip(keys, clustering.resolutions):
+        sc.tl.leiden(
+            merged,
+            resolution=resolution,
+            key_added="scanpy",
+            flavor="igraph",
+            n_iterations=2,
+            directed=False,
+            random_state=clustering.seed,
+        )
+        assert merged.obs["scanpy"].nunique() == merged.obs[key].nunique() > 1
+        pairs = pd.crosstab(merged.obs["scanpy"], merged.obs[key])
+        assert ((pairs > 0).sum(axis=1) == 1).all() and ((pairs > 0).sum(axis=0) == 1).all(), resolution
+
+
 def test_large_cohort_layout_is_fitted_on_a_subsample_and_the_rest_placed_with_their_types(samples):
     """Above umap.fit_max_cells the layout is fitted on a per-sample share of the cells and the rest
     placed from the graph: placed cells land among fitted cells of their own type."""

@@ -301,6 +301,25 @@ def test_module_scores_from_the_genes_they_read_equal_those_from_all(treated, li
     assert ours.attrs == scores_treated.attrs
 
 
+def test_module_scores_from_row_blocks_equal_those_in_memory(treated, library, scores_treated, tmp_path):
+    """score_gene_sets reads X block by block of cells from the file: the same table, to the bit."""
+    from pbmc_prepost.h5ad import iter_row_blocks, read_h5ad_parts
+
+    cells = treated["cells"]
+    path = tmp_path / "clustered.h5ad"
+    cells.write_h5ad(path)
+    means = pd.Series(np.asarray(cells.X.sum(axis=0, dtype="float64")).ravel() / cells.n_obs, index=cells.var_names)
+    genes = ms.genes_to_score(library, means)
+    skeleton = read_h5ad_parts(path, x=False, genes=genes)
+    blocks = iter_row_blocks(path, "X", genes=genes, size=97)  # many blocks, the last one short
+    ours = ms.module_scores(skeleton, library, "lineage", CONTRAST, means=means, blocks=blocks)
+    pd.testing.assert_frame_equal(ours, scores_treated, check_exact=True)
+    assert ours.attrs == scores_treated.attrs
+    short = iter_row_blocks(path, "X", genes=genes, size=97)
+    with pytest.raises(ValueError, match="blocks hold 97 cells"):
+        ms.module_scores(skeleton, library, "lineage", CONTRAST, means=means, blocks=[next(short)])
+
+
 def test_module_scores_refuse_raw_counts(treated, library):
     raw = ad.AnnData(
         X=treated["cells"].layers["counts"][:200],

@@ -44,7 +44,7 @@ rule annotate_cells:
     threads: 1
     resources:
         mem_mb=scaled(1500, per_input_mb=0.15),
-        runtime=runtime_min(10, per_input_mb=0.01),
+        runtime=runtime_min(10, per_input_mb=0.0005),
     params:
         settings=SETTINGS.annotation,
     script:

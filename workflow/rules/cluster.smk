@@ -16,7 +16,7 @@ rule merge_samples:
     threads: 1
     resources:
         mem_mb=scaled(1000, per_input_mb=0.1),
-        runtime=runtime_min(10, per_input_mb=0.02),
+        runtime=runtime_min(10, per_input_mb=0.002),
     params:
         settings=SETTINGS.merge,
     script:
@@ -38,7 +38,7 @@ rule embed_cells:
     threads: 2
     resources:
         mem_mb=scaled(1500, per_input_mb=0.7),
-        runtime=runtime_min(15, per_input_mb=0.02),
+        runtime=runtime_min(15, per_input_mb=0.003),
     params:
         settings=SETTINGS.embed,
     script:
@@ -82,7 +82,7 @@ rule assemble_clustered:
     threads: 1
     resources:
         mem_mb=scaled(1500, per_input_mb=0.3),
-        runtime=runtime_min(10, per_input_mb=0.01),
+        runtime=runtime_min(10, per_input_mb=0.001),
     script:
         "../scripts/assemble_clustered.py"
 
@@ -114,7 +114,7 @@ rule find_cluster_markers:
     threads: 1
     resources:
         mem_mb=scaled(1500, per_input_mb=0.15),
-        runtime=runtime_min(15, per_input_mb=0.02),
+        runtime=runtime_min(15, per_input_mb=0.0005),
     params:
         settings=SETTINGS.markers,
     script:

@@ -180,7 +180,11 @@ def scaled(base_mb, per_input_mb=0.0):
 
 
 def runtime_min(base_min, per_input_mb=0.0):
-    """Runtime (minutes) from the input size, doubled on every retry."""
+    """Runtime (minutes) from the input size, doubled on every retry.
+
+    The per-MB coefficients of the merged stage are fitted to the 860k-cell run (2 cores): the
+    first attempt declares 3x or more the measured time, never hours for minutes of work (a long
+    request waits longer in a SLURM queue and cannot be backfilled)."""
 
     def runtime(wildcards, input, attempt):
         return max(1, int(config["resources"]["scale"] * attempt * (base_min + per_input_mb * input.size_mb)))

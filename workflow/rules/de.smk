@@ -26,7 +26,7 @@ checkpoint pseudobulk_cells:
     threads: 1
     resources:
         mem_mb=scaled(1500, per_input_mb=0.2),
-        runtime=runtime_min(10, per_input_mb=0.01),
+        runtime=runtime_min(10, per_input_mb=0.0005),
     params:
         settings=SETTINGS.de,
         ambient=SETTINGS.ambient,

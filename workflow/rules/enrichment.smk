@@ -76,8 +76,8 @@ rule score_gene_sets:
         ENV
     threads: 1
     resources:
-        mem_mb=scaled(1000, per_input_mb=0.6),
-        runtime=runtime_min(15, per_input_mb=0.02),
+        mem_mb=scaled(1000, per_input_mb=0.25),
+        runtime=runtime_min(15, per_input_mb=0.0005),
     params:
         settings=SETTINGS.scores,
     script:

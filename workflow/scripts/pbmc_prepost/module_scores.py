@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import anndata as ad
 import numpy as np
@@ -32,6 +32,33 @@ def _looks_like_counts(X) -> bool:
     if values.size == 0:
         return False
     return bool(np.nanmax(values) > 30 and np.all(np.mod(values, 1) == 0))
+
+
+def _refuse_counts(X) -> None:
+    if _looks_like_counts(X):
+        raise ValueError(
+            "module_scores: the expression values look like raw counts; score log-normalized data "
+            "(X after normalize_total + log1p, or pass layer=)"
+        )
+
+
+def _scores_per_cell(
+    X, blocks: Iterable | None, columns: dict[str, tuple[np.ndarray, np.ndarray]], n_cells: int
+) -> dict[str, np.ndarray]:
+    """Each set's per-cell score (members' mean minus controls' mean) from ``X`` or its row ``blocks``."""
+    if blocks is None:
+        return {name: _mean_over(X, 1, g) - _mean_over(X, 1, c) for name, (g, c) in columns.items()}
+    per_cell = {name: np.empty(n_cells, dtype=np.float64) for name in columns}
+    covered = 0
+    for start, stop, block in blocks:
+        if start == 0:
+            _refuse_counts(block)
+        for name, (g, c) in columns.items():
+            per_cell[name][start:stop] = _mean_over(block, 1, g) - _mean_over(block, 1, c)
+        covered += stop - start
+    if covered != n_cells:
+        raise ValueError(f"module_scores: the blocks hold {covered} cells, the data {n_cells}")
+    return per_cell
 
 
 def _mean_over(X, axis: int, columns: np.ndarray | None = None) -> np.ndarray:
@@ -105,12 +132,19 @@ def score_genes(
     numpy.ndarray
         float64 score per cell.
     """
-    var_names = pd.Index(var_names)
+    members, control = set_columns(pd.Index(var_names), bins, genes, ctrl_size, random_state)
+    return _mean_over(X, 1, members) - _mean_over(X, 1, control)
+
+
+def set_columns(
+    var_names: pd.Index, bins: pd.Series, genes: Sequence[str], ctrl_size: int = 50, random_state: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Column positions in ``var_names`` of a set's genes and of its control genes (:func:`score_genes`)."""
     gene_list = pd.Index(list(genes)).intersection(var_names)
     if len(gene_list) == 0:
         raise ValueError("score_genes: none of the genes are in the data")
     control = control_genes(bins, gene_list, ctrl_size, random_state)
-    return _mean_over(X, 1, var_names.get_indexer(gene_list)) - _mean_over(X, 1, var_names.get_indexer(control))
+    return var_names.get_indexer(gene_list), var_names.get_indexer(control)
 
 
 def control_genes(bins: pd.Series, gene_list: pd.Index, ctrl_size: int = 50, random_state: int = 0) -> pd.Index:
@@ -150,6 +184,7 @@ def module_scores(
     layer: str | None = None,
     seed: int = 0,
     means: pd.Series | None = None,
+    blocks: Iterable[tuple[int, int, sp.csr_matrix]] | None = None,
 ) -> pd.DataFrame:
     """Score every set per cell (scanpy's ``score_genes`` method), then average per sample x population.
 
@@ -182,6 +217,11 @@ def module_scores(
     means
         Every gene's mean over all cells (:func:`bins_of_means`), for an ``adata`` that holds
         only the genes scoring reads (:func:`genes_to_score`).
+    blocks
+        The log-normalized values as ``(start, stop, rows)`` blocks of ``adata``'s cells and genes
+        (:func:`pbmc_prepost.h5ad.iter_row_blocks`), for an ``adata`` without ``X`` read from disk:
+        a cell's score depends on its own row only, so memory holds one block, not the matrix.
+        Needs ``means``.
 
     Returns
     -------
@@ -200,12 +240,11 @@ def module_scores(
     missing = [c for c in (sample_col, group_col, contrast.column) if c not in adata.obs.columns]
     if missing:
         raise ValueError(f"module_scores: obs column(s) {missing} missing; obs has {list(adata.obs.columns)}")
-    X = adata.layers[layer] if layer is not None else adata.X
-    if _looks_like_counts(X):
-        raise ValueError(
-            "module_scores: the expression values look like raw counts; score log-normalized data "
-            "(X after normalize_total + log1p, or pass layer=)"
-        )
+    if blocks is not None and means is None:
+        raise ValueError("module_scores: blocks need means (every gene's mean over all cells)")
+    X = None if blocks is not None else adata.layers[layer] if layer is not None else adata.X
+    if X is not None:
+        _refuse_counts(X)
     obs = pd.DataFrame(
         {
             "sample": adata.obs[sample_col].astype(str).to_numpy(),
@@ -233,7 +272,7 @@ def module_scores(
     # them, with two copies of X, for every set).
     bins = expression_bins(X, var_names) if means is None else bins_of_means(means)
     skipped: dict[str, str] = {}
-    per_cell = {}
+    columns = {}
     for name, genes in library.sets.items():
         present = [g for g in genes if g in var_names]
         if len(present) < min_genes:
@@ -242,7 +281,8 @@ def module_scores(
             continue
         if len(present) < len(genes):
             log.info("module_scores: %s: %d of %d genes in the data", name, len(present), len(genes))
-        per_cell[name] = score_genes(X, var_names, bins, present, random_state=seed)
+        columns[name] = set_columns(var_names, bins, present, random_state=seed)
+    per_cell = _scores_per_cell(X, blocks, columns, adata.n_obs)
 
     columns = ["sample", contrast.pair_by, contrast.column, "population", "gene_set", "n_cells", "mean_score"]
     cells = obs.loc[has_group].reset_index(drop=True)
@@ -443,6 +483,7 @@ def score_populations(
     settings: ScoreSettings,
     annotation_notes: dict[str, str] | None = None,
     means: pd.Series | None = None,
+    blocks: Iterable[tuple[int, int, sp.csr_matrix]] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`module_scores` at the DE level and every contrast's test (:func:`contrast_score_test`);
     the note of a population whose annotation is flagged says so.
@@ -453,7 +494,14 @@ def score_populations(
         The per-sample means (``level`` first) and the tests (``contrast`` and ``level`` first).
     """
     scores = module_scores(
-        adata, library, settings.level, settings.contrast, min_genes=settings.min_genes, seed=settings.seed, means=means
+        adata,
+        library,
+        settings.level,
+        settings.contrast,
+        min_genes=settings.min_genes,
+        seed=settings.seed,
+        means=means,
+        blocks=blocks,
     )
     sample_meta = adata.obs.drop_duplicates("sample").set_index("sample")
     notes = annotation_notes or {}
