@@ -47,13 +47,11 @@ def cluster(adata: ad.AnnData, settings: ClusterSettings) -> list[str]:
                 n_iterations=settings.n_iterations,
             )
         groups = np.array(part.membership).astype("U")
-        labels = pd.Categorical(groups, categories=natsorted(np.unique(groups)))
+        labels = pd.Series(pd.Categorical(groups, categories=natsorted(np.unique(groups))), index=adata.obs_names)
         # Renumber by size so labels do not depend on igraph's internal order.
-        sizes = pd.Series(labels, index=adata.obs_names).value_counts()
+        sizes = labels.value_counts()
         mapping = {old: str(new) for new, old in enumerate(sizes.index)}
-        adata.obs[key] = pd.Categorical(
-            pd.Series(labels, index=adata.obs_names).map(mapping), categories=[str(i) for i in range(len(sizes))]
-        )
+        adata.obs[key] = pd.Categorical(labels.map(mapping), categories=[str(i) for i in range(len(sizes))])
         log.info("leiden resolution %g: %d clusters", resolution, len(sizes))
         keys.append(key)
     return keys

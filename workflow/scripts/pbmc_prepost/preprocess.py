@@ -403,18 +403,25 @@ def embed(adata: ad.AnnData, settings: EmbedSettings) -> str:
             adata.obsm["X_pca_harmony"] = corrected.astype(np.float32)
             use_rep = "X_pca_harmony"
             log.info("harmony on '%s' (%d levels)", batch_key, adata.obs[batch_key].nunique())
+    exact = knn_graph(adata, use_rep, settings)
+    log.info("kNN graph: %d neighbours on %s (%s)", settings.n_neighbors, use_rep, "exact" if exact else "pynndescent")
+    layout(adata, use_rep, settings)
+    return use_rep
+
+
+def knn_graph(adata: ad.AnnData, use_rep: str, settings: EmbedSettings) -> bool:
+    """scanpy's kNN graph on ``use_rep``: exact (sklearn) up to ``exact_neighbors_max_cells``
+    cells, pynndescent above. Returns whether it was exact."""
     exact = adata.n_obs <= settings.exact_neighbors_max_cells
     sc.pp.neighbors(
         adata,
         n_neighbors=settings.n_neighbors,
-        n_pcs=min(settings.n_pcs, n_comps),
+        n_pcs=min(settings.n_pcs, adata.obsm[use_rep].shape[1]),
         use_rep=use_rep,
-        random_state=seed,
+        random_state=settings.seed,
         transformer="sklearn" if exact else None,
     )
-    log.info("kNN graph: %d neighbours on %s (%s)", settings.n_neighbors, use_rep, "exact" if exact else "pynndescent")
-    layout(adata, use_rep, settings)
-    return use_rep
+    return exact
 
 
 def layout(adata: ad.AnnData, use_rep: str, settings: EmbedSettings) -> None:
@@ -424,27 +431,17 @@ def layout(adata: ad.AnnData, use_rep: str, settings: EmbedSettings) -> None:
     layout is fitted on that many cells drawn in proportion to each sample (their own kNN graph on
     the same representation) and every other cell is placed on it from the full graph
     (:func:`place_on_layout`): one layout epoch visits every edge, so a million cells took minutes
-    per 20 epochs. ``uns["umap"]`` records the start, the epochs and the cells fitted.
+    per 20 epochs. ``uns["umap"]`` records the start and the cells fitted.
     """
     n_obs, fit_max = adata.n_obs, settings.umap_fit_max_cells
     fitted = np.ones(n_obs, dtype=bool)
-    if 0 < fit_max < n_obs:
-        fitted[proportional_subsample(adata.obs["sample"], fit_max, settings.seed)] = False
-        fitted = ~fitted
     target = adata
-    if not fitted.all():
+    if 0 < fit_max < n_obs:
+        fitted = np.zeros(n_obs, dtype=bool)
+        fitted[proportional_subsample(adata.obs["sample"], fit_max, settings.seed)] = True
         target = ad.AnnData(obs=adata.obs.iloc[np.flatnonzero(fitted)][[]].copy())
         target.obsm[use_rep] = np.asarray(adata.obsm[use_rep])[fitted]
-        n_pcs = min(settings.n_pcs, target.obsm[use_rep].shape[1])  # as the full graph (embed)
-        exact = target.n_obs <= settings.exact_neighbors_max_cells
-        sc.pp.neighbors(
-            target,
-            n_neighbors=settings.n_neighbors,
-            n_pcs=n_pcs,
-            use_rep=use_rep,
-            random_state=settings.seed,
-            transformer="sklearn" if exact else None,
-        )
+        knn_graph(target, use_rep, settings)
     init = "spectral"
     if target.n_obs > settings.umap_spectral_max_cells:  # ARPACK on the kNN graph: minutes at 10^6 cells
         init = np.ascontiguousarray(target.obsm[use_rep][:, :2], dtype=np.float32)
