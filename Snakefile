@@ -29,6 +29,7 @@ rule all:
         "results/qc/summary.tsv",
         "results/figures/qc/summary.png",
         "results/clustering/clusters.tsv.gz",
+        "results/clustering/umap.tsv.gz",
         "results/clustering/markers.tsv",
         "results/merged/clustered.h5ad",
         "results/figures/clustering/umap_sample.png",

@@ -223,7 +223,7 @@ def test_large_cohort_layout_is_fitted_on_a_subsample_and_the_rest_placed_with_t
     merged = merged_from(samples)
     settings = embed_settings(n_top_genes=500, hvg_batch_key=None, n_pcs=20, umap_fit_max_cells=600)
     preprocess.select_hvgs(merged, settings)
-    preprocess.embed(merged, settings)
+    preprocess.layout(merged, preprocess.embed(merged, settings), settings)
     assert merged.uns["umap"]["fitted_cells"] == pytest.approx(600, abs=len(samples))
     layout = merged.obsm["X_umap"]
     assert layout.shape == (merged.n_obs, 2) and np.isfinite(layout).all()
@@ -239,7 +239,7 @@ def test_large_cohort_layout_is_fitted_on_a_subsample_and_the_rest_placed_with_t
     assert placed_agree > 0.7 and placed_agree > fitted_agree - 0.05
     again = merged_from(samples)
     preprocess.select_hvgs(again, settings)
-    preprocess.embed(again, settings)
+    preprocess.layout(again, preprocess.embed(again, settings), settings)
     assert np.array_equal(again.obsm["X_umap"], layout)  # seeded: the same figure every run
 
 
@@ -387,18 +387,29 @@ def test_clustered_file_is_written_in_blocks_with_the_shifted_log_in_x(samples, 
     embedding = ad.AnnData(
         obs=skeleton.obs[["sample", "barcode"]].copy(),
         var=pd.DataFrame({"highly_variable": True, "hvg_excluded": False}, index=skeleton.var_names),
-        obsm={"X_umap": np.zeros((skeleton.n_obs, 2))},
         obsp={"connectivities": sp.identity(skeleton.n_obs, format="csr")},
         uns={"graph_representation": "X_pca"},
     )
-    clusters = pd.DataFrame({"leiden_1": (np.arange(skeleton.n_obs) % 3).astype(str)})
-    cluster.write_clustered(merged_path, embedding, clusters, path)
+    layout = ad.AnnData(obs=embedding.obs.copy(), obsm={"X_umap": np.zeros((skeleton.n_obs, 2))}, uns={"umap": {}})
+    clusters = skeleton.obs[["sample", "barcode"]].reset_index(drop=True)
+    clusters["leiden_1"] = (np.arange(skeleton.n_obs) % 3).astype(str)
+    cluster.write_clustered(merged_path, embedding, clusters, path, layout=layout)
     clustered = ad.read_h5ad(path)
     reference = merged_from(samples)
     assert np.array_equal(clustered.X.toarray(), reference.X.toarray())
     assert (clustered.layers["counts"] != reference.layers["counts"]).nnz == 0
     assert list(clustered.obs["leiden_1"].cat.categories) == ["0", "1", "2"]
     assert "X_umap" in clustered.obsm and "connectivities" in clustered.obsp and clustered.var["highly_variable"].all()
+    # The annotation reads a few genes' values from the merged counts, not from this file: the same values.
+    from pbmc_prepost.normalization import read_shifted_log
+
+    genes = list(clustered.var_names[[0, 5, 17]])
+    part = read_shifted_log(merged_path, genes=genes)
+    assert list(part.obs_names) == list(clustered.obs_names)
+    assert np.array_equal(part.X.toarray(), clustered[:, genes].X.toarray())
+    # A clusters table of other cells is refused, not attached by position.
+    with pytest.raises(ValueError, match="clusters table and the cells disagree"):
+        cluster.attach_leiden(part, clusters.iloc[::-1].reset_index(drop=True))
 
 
 def test_too_little_free_disk_stops_before_the_clustered_file_is_written(tmp_path, monkeypatch):

@@ -120,9 +120,10 @@ def test_leiden_recovers_true_cell_types(example_run, example_truth):
         "leiden_0.5",
         "leiden_0.8",
         "leiden_1",
-        "umap_1",
-        "umap_2",
     ]
+    umap = pd.read_csv(example_run / "results" / "clustering" / "umap.tsv.gz", sep="\t", dtype={"barcode": str})
+    assert list(umap.columns) == ["sample", "barcode", "umap_1", "umap_2"]
+    assert umap[["sample", "barcode"]].equals(clusters[["sample", "barcode"]]) and umap.notna().all().all()
     merged = clusters.merge(example_truth, on=["sample", "barcode"])
     assert len(merged) == len(clusters)
     ari = adjusted_rand_score(merged["cell_type"], merged["leiden_0.8"])

@@ -40,10 +40,14 @@ RUNNER = textwrap.dedent(
     from pbmc_prepost.settings import AnnotationSettings, default_config
     markers = tree / "resources" / "markers"
     names = ["cells", "clusters", "consistency", "umap_png", "umap_pdf", "dotplot_png", "dotplot_pdf"]
+    results = Path(h5ad).parent.parent  # from 0.13 the rule reads the merged counts, graph and clusters
+    merged, embedding = results / "merged" / "merged.h5ad", results / "merged" / "embedding.h5ad"
     suffix = {"cells": ".tsv.gz", "clusters": ".tsv", "consistency": ".tsv"}
     smk = types.SimpleNamespace(
         input=types.SimpleNamespace(
-            h5ad=h5ad, markers=str(markers / "pbmc_markers.tsv"), overrides=[],
+            h5ad=h5ad, merged=str(merged), embedding=str(embedding),
+            clusters=str(results / "clustering" / "clusters.tsv.gz"),
+            markers=str(markers / "pbmc_markers.tsv"), overrides=[],
             checks=str(markers / "consistency_checks.tsv"),
         ),
         output=types.SimpleNamespace(**{n: str(out / (n + suffix.get(n, "." + n.split("_")[-1]))) for n in names}),

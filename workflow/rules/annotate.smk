@@ -2,8 +2,12 @@
 
 
 rule annotate_cells:
+    # The merged counts, the graph and the clusters: the annotation (and the DE after it) need not
+    # wait for the UMAP and clustered.h5ad.
     input:
-        h5ad="results/merged/clustered.h5ad",
+        merged="results/merged/merged.h5ad",
+        embedding="results/merged/embedding.h5ad",
+        clusters="results/clustering/clusters.tsv.gz",
         markers=config["annotation"]["marker_table"],
         checks=config["annotation"]["consistency_checks"],
         overrides=annotation_overrides,
@@ -21,13 +25,6 @@ rule annotate_cells:
             category="3. Annotation",
             labels={"type": "table", "result": "label checks"},
         ),
-        umap_png=report(
-            "results/figures/annotation/umap_cell_type.png",
-            caption="../report/umap_cell_type.rst",
-            category="3. Annotation",
-            labels={"type": "figure", "result": "UMAP by cell type"},
-        ),
-        umap_pdf="results/figures/annotation/umap_cell_type.pdf",
         dotplot_png=report(
             "results/figures/annotation/marker_dotplot_by_cell_type.png",
             caption="../report/marker_dotplot_cell_type.rst",
@@ -39,12 +36,14 @@ rule annotate_cells:
         "logs/annotate_cells.log",
     benchmark:
         "benchmarks/annotate_cells.tsv"
+    # On the critical path to the DE: before the clustered file, markers and figures.
+    priority: 10
     conda:
         ENV
     threads: 1
     resources:
-        mem_mb=scaled(1500, per_input_mb=0.15),
-        runtime=runtime_min(10, per_input_mb=0.0005),
+        mem_mb=scaled(1500, per_input_mb=0.3),
+        runtime=runtime_min(10, per_input_mb=0.001),
     params:
         settings=SETTINGS.annotation,
     script:

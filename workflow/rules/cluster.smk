@@ -1,4 +1,5 @@
-# Merged stage: concatenate, normalize, HVG, PCA, (Harmony), neighbours, UMAP, Leiden, markers.
+# Merged stage: concatenate, normalize, HVG, PCA, (Harmony), neighbours; then Leiden and the UMAP
+# side by side (the DE waits on the clusters, not on the display); markers.
 # Each step writes only what it adds, so a failed or killed step reruns alone.
 
 
@@ -45,6 +46,30 @@ rule embed_cells:
         "../scripts/embed_cells.py"
 
 
+# The layout is for figures only: it runs beside clustering, off the path to the DE.
+rule layout_cells:
+    input:
+        h5ad="results/merged/embedding.h5ad",
+    output:
+        h5ad="results/merged/umap.h5ad",
+        table="results/clustering/umap.tsv.gz",
+    log:
+        "logs/layout_cells.log",
+    benchmark:
+        "benchmarks/layout_cells.tsv"
+    conda:
+        ENV
+    # seeded UMAP optimises on one thread
+    threads: 1
+    resources:
+        mem_mb=scaled(1500, per_input_mb=4),
+        runtime=runtime_min(15, per_input_mb=0.02),
+    params:
+        settings=SETTINGS.embed,
+    script:
+        "../scripts/layout_cells.py"
+
+
 rule cluster_cells:
     input:
         h5ad="results/merged/embedding.h5ad",
@@ -54,6 +79,8 @@ rule cluster_cells:
         "logs/cluster_cells.log",
     benchmark:
         "benchmarks/cluster_cells.tsv"
+    # On the critical path to the DE: before the layout when one core is free.
+    priority: 10
     conda:
         ENV
     threads: 1
@@ -70,6 +97,7 @@ rule assemble_clustered:
     input:
         merged="results/merged/merged.h5ad",
         embedding="results/merged/embedding.h5ad",
+        layout="results/merged/umap.h5ad",
         clusters="results/clustering/clusters.tsv.gz",
     output:
         h5ad="results/merged/clustered.h5ad",
@@ -124,6 +152,7 @@ rule find_cluster_markers:
 rule plot_umaps:
     input:
         h5ad="results/merged/clustered.h5ad",
+        cells="results/annotation/cells.tsv.gz",
     output:
         sample_png=report(
             "results/figures/clustering/umap_sample.png",
@@ -146,6 +175,13 @@ rule plot_umaps:
             labels={"type": "figure", "result": "UMAP by cluster"},
         ),
         cluster_pdf="results/figures/clustering/umap_clusters.pdf",
+        cell_type_png=report(
+            "results/figures/annotation/umap_cell_type.png",
+            caption="../report/umap_cell_type.rst",
+            category="3. Annotation",
+            labels={"type": "figure", "result": "UMAP by cell type"},
+        ),
+        cell_type_pdf="results/figures/annotation/umap_cell_type.pdf",
     log:
         "logs/plot_umaps.log",
     conda:

@@ -8,7 +8,7 @@ wildcard_constraints:
 
 checkpoint pseudobulk_cells:
     input:
-        h5ad="results/merged/clustered.h5ad",
+        h5ad="results/merged/merged.h5ad",
         cells="results/annotation/cells.tsv.gz",
         ambient="results/qc/ambient.tsv",
         soups="results/qc/soups.tsv.gz",
@@ -25,8 +25,8 @@ checkpoint pseudobulk_cells:
         ENV
     threads: 1
     resources:
-        mem_mb=scaled(1500, per_input_mb=0.2),
-        runtime=runtime_min(10, per_input_mb=0.0005),
+        mem_mb=scaled(1500, per_input_mb=0.4),
+        runtime=runtime_min(10, per_input_mb=0.001),
     params:
         settings=SETTINGS.de,
         ambient=SETTINGS.ambient,

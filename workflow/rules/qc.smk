@@ -122,7 +122,7 @@ rule estimate_ambient:
     input:
         ambient=expand("results/qc/{sample}.ambient.tsv", sample=SAMPLES),
         soups=expand("results/qc/{sample}.soup.tsv.gz", sample=SAMPLES),
-        h5ad="results/merged/clustered.h5ad",
+        h5ad="results/merged/merged.h5ad",
         labels="results/annotation/cells.tsv.gz",
         qc_cells="results/qc/cells.tsv.gz",
         families=config["ambient"]["gene_families"],
@@ -160,7 +160,7 @@ rule estimate_ambient:
         ENV
     threads: 1
     resources:
-        mem_mb=scaled(1000, per_input_mb=0.2),
+        mem_mb=scaled(1000, per_input_mb=0.4),
         runtime=runtime_min(10),
     params:
         settings=SETTINGS.ambient,

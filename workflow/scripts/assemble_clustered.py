@@ -1,4 +1,4 @@
-"""Snakemake adapter: join counts, embedding and clusters into results/merged/clustered.h5ad."""
+"""Snakemake adapter: join counts, embedding, UMAP and clusters into results/merged/clustered.h5ad."""
 
 import anndata as ad
 
@@ -9,4 +9,10 @@ from pbmc_prepost.tables import read_tsv
 smk = snakemake  # noqa: F821
 log = start_job(smk.log[0])
 embedding = ad.read_h5ad(smk.input.embedding)
-cluster.write_clustered(smk.input.merged, embedding, read_tsv(smk.input.clusters, dtype=str), smk.output.h5ad)
+cluster.write_clustered(
+    smk.input.merged,
+    embedding,
+    read_tsv(smk.input.clusters, dtype=str),
+    smk.output.h5ad,
+    layout=ad.read_h5ad(smk.input.layout),
+)

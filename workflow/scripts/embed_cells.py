@@ -1,4 +1,4 @@
-"""Snakemake adapter: HVGs, PCA, optional Harmony, kNN graph and UMAP; writes only the embedding."""
+"""Snakemake adapter: HVGs, PCA, optional Harmony and the kNN graph; writes only the embedding."""
 
 from pbmc_prepost import preprocess
 from pbmc_prepost.runtime import cache_numba_compilation, start_job

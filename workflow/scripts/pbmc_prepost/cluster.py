@@ -170,20 +170,25 @@ def group_expression(adata: ad.AnnData, groupby: str, genes: Sequence[str]) -> t
 
 
 def cluster_table(embedding: ad.AnnData, settings: ClusterSettings) -> pd.DataFrame:
-    """Leiden at every resolution of ``settings``: ``sample``, ``barcode``, one column per
-    resolution, and the UMAP coordinates (rounded to 5 decimals)."""
+    """Leiden at every resolution of ``settings``: ``sample``, ``barcode`` and one column per
+    resolution (the UMAP's coordinates are in their own table,
+    :func:`pbmc_prepost.preprocess.layout_table`)."""
     keys = cluster(embedding, settings)
-    table = embedding.obs[["sample", "barcode", *keys]].copy()
-    table["umap_1"] = embedding.obsm["X_umap"][:, 0].round(5)
-    table["umap_2"] = embedding.obsm["X_umap"][:, 1].round(5)
-    return table
+    return embedding.obs[["sample", "barcode", *keys]].copy()
 
 
-def write_clustered(merged_path: str | Path, embedding: ad.AnnData, clusters: pd.DataFrame, path: str | Path) -> None:
+def write_clustered(
+    merged_path: str | Path,
+    embedding: ad.AnnData,
+    clusters: pd.DataFrame,
+    path: str | Path,
+    layout: ad.AnnData | None = None,
+) -> None:
     """``results/merged/clustered.h5ad``: the merged counts, their shifted-log values in ``X``, the
-    embedding and the Leiden columns, written block by block of cells.
+    embedding, the UMAP (``layout``, :func:`pbmc_prepost.preprocess.layout_embedding`) and the
+    Leiden columns, written block by block of cells.
 
-    The counts and ``X`` (computed from them, :func:`pbmc_prepost.preprocess.shifted_log`) are
+    The counts and ``X`` (computed from them, :func:`pbmc_prepost.normalization.shifted_log`) are
     written one block of rows at a time, so memory holds one block, not the matrices. The file is
     about twice the merged one (23 GB at 760k cells): HDF5 dies with a segmentation fault, not an
     error, when the disk fills while it writes.
@@ -191,11 +196,16 @@ def write_clustered(merged_path: str | Path, embedding: ad.AnnData, clusters: pd
     import h5py
 
     from pbmc_prepost.h5ad import CsrWriter, dict_group, iter_row_blocks, read_h5ad_parts
-    from pbmc_prepost.preprocess import shifted_log
+    from pbmc_prepost.normalization import shifted_log
 
     check_free_disk(path, 2 * Path(merged_path).stat().st_size)
     skeleton = read_h5ad_parts(merged_path, x=False)
     attach_clustering(skeleton, embedding, clusters)
+    if layout is not None:
+        if list(layout.obs_names) != list(skeleton.obs_names):
+            raise ValueError("layout and counts disagree on cells")
+        skeleton.obsm.update(layout.obsm)
+        skeleton.uns.update(layout.uns)
     skeleton.write_h5ad(path)
     factors = skeleton.obs["size_factor"].to_numpy()
     with h5py.File(path, "r+") as target:
@@ -233,6 +243,17 @@ def attach_clustering(adata: ad.AnnData, embedding: ad.AnnData, clusters: pd.Dat
     adata.obsm.update(embedding.obsm)
     adata.obsp.update(embedding.obsp)
     adata.uns.update(embedding.uns)
+    attach_leiden(adata, clusters)
+
+
+def attach_leiden(adata: ad.AnnData, clusters: pd.DataFrame) -> None:
+    """Add the ``leiden_*`` columns of the clusters table (same cells, same order) to ``adata.obs``
+    in place, as categories in numeric order."""
+    from pbmc_prepost.design import cell_key
+
+    keys = cell_key(clusters["sample"].astype(str), clusters["barcode"].astype(str))
+    if len(clusters) != adata.n_obs or not (np.asarray(keys) == adata.obs_names.to_numpy()).all():
+        raise ValueError("the clusters table and the cells disagree (not the same run's files?)")
     for column in clusters.columns:
         if column.startswith("leiden_"):
             levels = sorted(clusters[column].unique(), key=int)

@@ -20,6 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from pbmc_prepost.h5ad import read_h5ad_parts, read_matrix
+from pbmc_prepost.normalization import read_shifted_log, shifted_log
 from pbmc_prepost.runtime import import_scanpy
 from pbmc_prepost.settings import EmbedSettings, MergeSettings
 
@@ -178,20 +179,6 @@ def size_factors(totals: np.ndarray, target_sum: float | None) -> tuple[np.ndarr
     totals = np.asarray(totals).astype(np.float32)
     target = np.median(totals[totals > 0]) if target_sum is None else target_sum
     return totals / target, float(target)
-
-
-def shifted_log(counts: sp.spmatrix, factors: np.ndarray) -> sp.csr_matrix:
-    """log1p(counts / size factor) per cell: :func:`normalize`'s values for any subset of genes.
-
-    ``factors`` from :func:`size_factors` over all genes, so a block of rows or of genes gets the
-    values the whole matrix would (scanpy's ``normalize_total`` then ``log1p``; tested).
-    """
-    counts = sp.csr_matrix(counts)
-    factors = np.asarray(factors, dtype=np.float32)
-    factors = factors + (factors == 0)  # as scanpy: a cell without counts stays 0
-    data = counts.data / np.repeat(factors, np.diff(counts.indptr))
-    np.log1p(data, out=data)
-    return sp.csr_matrix((data, counts.indices.copy(), counts.indptr.copy()), shape=counts.shape)
 
 
 def normalize(adata: ad.AnnData, target_sum: float | None) -> None:
@@ -376,7 +363,10 @@ def combine_batch_ranks(variances: np.ndarray, genes: pd.Index, n_top: int) -> p
 
 
 def embed(adata: ad.AnnData, settings: EmbedSettings) -> str:
-    """PCA, optional Harmony, kNN graph and UMAP. Returns the representation used for the graph."""
+    """PCA, optional Harmony and the kNN graph. Returns the representation used for the graph.
+
+    The UMAP is drawn from the graph by :func:`layout` in a job of its own, beside clustering.
+    """
     seed, integration, batch_key = settings.seed, settings.integration, settings.integration_key
     n_comps = int(min(settings.n_comps, adata.n_obs - 1, int(adata.var["highly_variable"].sum()) - 1))
     sc.pp.pca(adata, n_comps=n_comps, mask_var="highly_variable", random_state=seed)
@@ -405,7 +395,6 @@ def embed(adata: ad.AnnData, settings: EmbedSettings) -> str:
             log.info("harmony on '%s' (%d levels)", batch_key, adata.obs[batch_key].nunique())
     exact = knn_graph(adata, use_rep, settings)
     log.info("kNN graph: %d neighbours on %s (%s)", settings.n_neighbors, use_rep, "exact" if exact else "pynndescent")
-    layout(adata, use_rep, settings)
     return use_rep
 
 
@@ -502,7 +491,7 @@ def place_on_layout(graph: sp.spmatrix, fitted: np.ndarray, fitted_layout: np.nd
 
 
 def embed_merged(path: str | Path, settings: EmbedSettings) -> tuple[ad.AnnData, pd.DataFrame]:
-    """HVGs, PCA, optional Harmony, kNN graph and UMAP of the merged object at ``path``.
+    """HVGs, PCA, optional Harmony and kNN graph of the merged object at ``path``.
 
     ``seurat_v3`` ranks genes on the raw counts of one batch at a time (other flavours on the
     shifted-log values of all cells); PCA then holds only the highly variable genes' shifted-log
@@ -513,7 +502,7 @@ def embed_merged(path: str | Path, settings: EmbedSettings) -> tuple[ad.AnnData,
     embedding, hvg_report
         Only what this step adds (the next steps join it back to the counts by cell name):
         obs ``sample``/``barcode``, var ``highly_variable``/``hvg_excluded``, the embeddings,
-        the kNN graph and the ``uns`` entries of PCA, neighbours and UMAP; and the per-batch
+        the kNN graph and the ``uns`` entries of PCA and neighbours; and the per-batch
         report of the HVG selection (:func:`select_hvgs`).
     """
     if settings.hvg_flavor == "seurat_v3":  # ranked batch by batch, each batch's counts read in turn
@@ -525,8 +514,7 @@ def embed_merged(path: str | Path, settings: EmbedSettings) -> tuple[ad.AnnData,
         hvg_report = select_hvgs(adata, settings)
     chosen = adata.var[["highly_variable", "hvg_excluded"]]
     del adata
-    adata = read_h5ad_parts(path, x=False, layers=["counts"], genes=chosen.index[chosen["highly_variable"]])
-    adata.X = shifted_log(adata.layers.pop("counts"), adata.obs["size_factor"].to_numpy())
+    adata = read_shifted_log(path, genes=chosen.index[chosen["highly_variable"]])
     adata.var[chosen.columns] = chosen
     use_rep = embed(adata, settings)
     embedding = ad.AnnData(
@@ -536,9 +524,32 @@ def embed_merged(path: str | Path, settings: EmbedSettings) -> tuple[ad.AnnData,
         obsp={k: v for k, v in adata.obsp.items()},
         uns={
             "neighbors": adata.uns["neighbors"],
-            "umap": adata.uns["umap"],
             "pca": adata.uns["pca"],
             "graph_representation": use_rep,
         },
     )
     return embedding, hvg_report
+
+
+def layout_embedding(path: str | Path, settings: EmbedSettings) -> ad.AnnData:
+    """The UMAP (:func:`layout`) of the embedding step's output at ``path``.
+
+    Returns only what the layout adds: obs ``sample``/``barcode``, ``obsm["X_umap"]`` and
+    ``uns["umap"]``. The graph and the representation it was built on are read from the file.
+    """
+    embedding = ad.read_h5ad(path)
+    use_rep = str(embedding.uns["graph_representation"])
+    layout(embedding, use_rep, settings)
+    return ad.AnnData(
+        obs=embedding.obs[["sample", "barcode"]].copy(),
+        obsm={"X_umap": embedding.obsm["X_umap"]},
+        uns={"umap": embedding.uns["umap"]},
+    )
+
+
+def layout_table(layout_data: ad.AnnData) -> pd.DataFrame:
+    """``sample``, ``barcode``, ``umap_1``, ``umap_2`` (rounded to 5 decimals) of every cell."""
+    table = layout_data.obs[["sample", "barcode"]].copy()
+    table["umap_1"] = layout_data.obsm["X_umap"][:, 0].round(5)
+    table["umap_2"] = layout_data.obsm["X_umap"][:, 1].round(5)
+    return table
