@@ -4,12 +4,10 @@ It reads the merged counts, the kNN graph and the clusters, not ``clustered.h5ad
 on the annotation, and the UMAP and the clustered file are made beside it."""
 
 from pbmc_prepost import annotate, annotation_checks, marker_table
-from pbmc_prepost.cluster import attach_leiden
-from pbmc_prepost.h5ad import read_h5ad_parts
-from pbmc_prepost.normalization import read_shifted_log
+from pbmc_prepost.cluster import read_annotation_input
 from pbmc_prepost.plots.clustering import cell_type_dotplot
 from pbmc_prepost.runtime import start_job
-from pbmc_prepost.tables import read_tsv, write_tsv
+from pbmc_prepost.tables import write_tsv
 
 smk = snakemake  # noqa: F821
 settings = smk.params.settings
@@ -22,12 +20,7 @@ checks = annotation_checks.read_checks(smk.input.checks)
 # Log-normalized values of the few hundred genes the markers, checks and dot plot read, from their
 # counts; the kNN graph. Every other gene stays on disk.
 genes = {*markers.genes(), *annotation_checks.check_genes(checks), *sum(settings.dotplot_genes.values(), ())}
-adata = read_shifted_log(smk.input.merged, genes=genes)
-graph = read_h5ad_parts(smk.input.embedding, x=False, obsp=["connectivities"])
-if list(graph.obs_names) != list(adata.obs_names):
-    raise ValueError(f"{smk.input.embedding} and {smk.input.merged} disagree on cells: rerun embed_cells")
-adata.obsp["connectivities"] = graph.obsp["connectivities"]
-attach_leiden(adata, read_tsv(smk.input.clusters, dtype=str))
+adata = read_annotation_input(smk.input.merged, smk.input.embedding, smk.input.clusters, genes)
 cells, clusters = annotate.annotate_clusters(adata, markers, settings, overrides)
 consistency, clusters = annotation_checks.consistency(adata, cells, clusters, checks)
 write_tsv(cells, smk.output.cells)

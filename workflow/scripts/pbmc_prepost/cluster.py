@@ -200,12 +200,7 @@ def write_clustered(
 
     check_free_disk(path, 2 * Path(merged_path).stat().st_size)
     skeleton = read_h5ad_parts(merged_path, x=False)
-    attach_clustering(skeleton, embedding, clusters)
-    if layout is not None:
-        if list(layout.obs_names) != list(skeleton.obs_names):
-            raise ValueError("layout and counts disagree on cells")
-        skeleton.obsm.update(layout.obsm)
-        skeleton.uns.update(layout.uns)
+    attach_clustering(skeleton, embedding, clusters, layout)
     skeleton.write_h5ad(path)
     factors = skeleton.obs["size_factor"].to_numpy()
     with h5py.File(path, "r+") as target:
@@ -234,16 +229,40 @@ def check_free_disk(path: str | Path, needed_bytes: int) -> None:
         )
 
 
-def attach_clustering(adata: ad.AnnData, embedding: ad.AnnData, clusters: pd.DataFrame) -> None:
-    """Add the embedding step's var, obsm, obsp and uns and the Leiden columns to ``adata`` in place."""
-    if list(embedding.obs_names) != list(adata.obs_names):
-        raise ValueError("embedding and counts disagree on cells")
+def attach_clustering(
+    adata: ad.AnnData, embedding: ad.AnnData, clusters: pd.DataFrame, layout: ad.AnnData | None = None
+) -> None:
+    """Add the embedding step's var, obsm, obsp and uns, the layout's obsm and uns and the Leiden
+    columns to ``adata`` in place."""
+    for name, part in (("embedding", embedding), ("layout", layout)):
+        if part is None:
+            continue
+        if list(part.obs_names) != list(adata.obs_names):
+            raise ValueError(f"{name} and counts disagree on cells")
+        adata.obsm.update(part.obsm)
+        adata.uns.update(part.uns)
     for column in embedding.var.columns:
         adata.var[column] = embedding.var[column]
-    adata.obsm.update(embedding.obsm)
     adata.obsp.update(embedding.obsp)
-    adata.uns.update(embedding.uns)
     attach_leiden(adata, clusters)
+
+
+def read_annotation_input(
+    merged_path: str | Path, embedding_path: str | Path, clusters_path: str | Path, genes: Sequence[str]
+) -> ad.AnnData:
+    """What the annotation reads of the run, without waiting for ``clustered.h5ad``: the
+    shifted-log values of ``genes`` from the merged counts, the kNN graph and the Leiden columns."""
+    from pbmc_prepost.h5ad import read_h5ad_parts
+    from pbmc_prepost.normalization import read_shifted_log
+    from pbmc_prepost.tables import read_tsv
+
+    adata = read_shifted_log(merged_path, genes=genes)
+    graph = read_h5ad_parts(embedding_path, x=False, obsp=["connectivities"])
+    if list(graph.obs_names) != list(adata.obs_names):
+        raise ValueError(f"{embedding_path} and {merged_path} disagree on cells: rerun embed_cells")
+    adata.obsp["connectivities"] = graph.obsp["connectivities"]
+    attach_leiden(adata, read_tsv(clusters_path, dtype=str))
+    return adata
 
 
 def attach_leiden(adata: ad.AnnData, clusters: pd.DataFrame) -> None:
